@@ -1,0 +1,26 @@
+"""hycam_pl: CAM / HyCAM multi-task adaptation for Hugging Face decoder LLMs, on PyTorch Lightning."""
+
+from hycam_pl.modulation import (
+    HyCAMConfig,
+    adapter_state_dict,
+    attach,
+    balance_loss,
+    count_parameters,
+    detach,
+    load_adapter,
+    routing_statistics,
+    save_adapter,
+)
+
+__all__ = [
+    "HyCAMConfig",
+    "adapter_state_dict",
+    "attach",
+    "balance_loss",
+    "count_parameters",
+    "detach",
+    "load_adapter",
+    "routing_statistics",
+    "save_adapter",
+]
+__version__ = "0.1.0"

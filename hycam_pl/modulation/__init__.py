@@ -1,0 +1,51 @@
+"""CAM / HyCAM attention modulation for stock Hugging Face decoders. Plain PyTorch + transformers: no Lightning."""
+
+from hycam_pl.modulation.architectures import (
+    ARCHITECTURES,
+    ArchitectureSpec,
+    UnsupportedArchitectureError,
+    register_architecture,
+)
+from hycam_pl.modulation.balance import LayerRouting
+from hycam_pl.modulation.config import HyCAMConfig
+from hycam_pl.modulation.model import (
+    attach,
+    balance_loss,
+    count_parameters,
+    detach,
+    find_state,
+    is_attached,
+    modulated_layers,
+    routing_statistics,
+)
+from hycam_pl.modulation.persistence import (
+    AdapterError,
+    adapter_state_dict,
+    base_identity,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "AdapterError",
+    "ArchitectureSpec",
+    "HyCAMConfig",
+    "LayerRouting",
+    "UnsupportedArchitectureError",
+    "adapter_state_dict",
+    "attach",
+    "balance_loss",
+    "base_identity",
+    "count_parameters",
+    "detach",
+    "find_state",
+    "is_attached",
+    "load_adapter",
+    "modulated_layers",
+    "read_adapter_config",
+    "register_architecture",
+    "routing_statistics",
+    "save_adapter",
+]

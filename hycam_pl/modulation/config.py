@@ -1,0 +1,145 @@
+"""The HyCAM configuration: one dataclass, validated on construction so bad values fail before any model work."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+APPLY_TO = ("attention_output", "residual_sum")
+EVAL_ROUTING = ("argmax", "softmax")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+# Options that only mean something when there is a router (num_experts > 0). They default to None so that a
+# config which sets one of them together with num_experts=0 can be told apart from one that left it alone.
+ROUTING_DEFAULTS: dict[str, Any] = {
+    "rank": 8,
+    "alpha": 32.0,
+    "tau": 0.5,
+    "hard": True,
+    "eval_routing": "argmax",
+    "balance_coef": 0.01,
+    "balance_scale_by_experts": False,
+}
+
+
+@dataclass
+class HyCAMConfig:
+    """Contextual Attention Modulation settings (METHOD.md §2-3).
+
+    ``num_experts=0`` is plain CAM (the shared full-rank gate only). The expert and routing options (``rank``,
+    ``alpha``, ``tau``, ``hard``, ``eval_routing``, ``balance_coef``, ``balance_scale_by_experts``) take their
+    defaults when ``num_experts > 0`` and must be left unset when ``num_experts == 0``.
+    """
+
+    num_experts: int = 2
+    rank: int | None = None
+    alpha: float | None = None
+    bias: bool = True
+    shared: bool = True
+    tau: float | None = None
+    hard: bool | None = None
+    eval_routing: str | None = None
+    balance_coef: float | None = None
+    balance_scale_by_experts: bool | None = None
+    apply_to: str = "attention_output"
+    layers: list[int] | None = None
+    train_norms: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.num_experts, int)
+            and not isinstance(self.num_experts, bool)
+            and self.num_experts >= 0,
+            "num_experts",
+            self.num_experts,
+            "an integer >= 0 (0 = the single shared CAM)",
+        )
+        if self.num_experts == 0:
+            given = [name for name in ROUTING_DEFAULTS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(
+                    f"HyCAMConfig: {', '.join(given)} set with num_experts=0; these are expert/routing options "
+                    "and have no effect without experts. Remove them or set num_experts >= 1."
+                )
+            if not self.shared:
+                raise ValueError(
+                    "HyCAMConfig: shared=False with num_experts=0 leaves nothing to train; "
+                    "set shared=True (CAM) or num_experts >= 1 (specialized-only HyCAM)."
+                )
+        else:
+            for name, default in ROUTING_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, default)
+            _require(
+                isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
+                "rank",
+                self.rank,
+                "an integer >= 1",
+            )
+            _require(_is_number(self.alpha) and self.alpha > 0, "alpha", self.alpha, "a number > 0")
+            _require(_is_number(self.tau) and self.tau > 0, "tau", self.tau, "a number > 0")
+            _require(isinstance(self.hard, bool), "hard", self.hard, "true or false")
+            _require(
+                self.eval_routing in EVAL_ROUTING, "eval_routing", self.eval_routing, _one_of(EVAL_ROUTING)
+            )
+            _require(
+                _is_number(self.balance_coef) and self.balance_coef >= 0,
+                "balance_coef",
+                self.balance_coef,
+                "a number >= 0",
+            )
+            _require(
+                isinstance(self.balance_scale_by_experts, bool),
+                "balance_scale_by_experts",
+                self.balance_scale_by_experts,
+                "true or false",
+            )
+        _require(isinstance(self.bias, bool), "bias", self.bias, "true or false")
+        _require(isinstance(self.shared, bool), "shared", self.shared, "true or false")
+        _require(self.apply_to in APPLY_TO, "apply_to", self.apply_to, _one_of(APPLY_TO))
+        _require(isinstance(self.train_norms, bool), "train_norms", self.train_norms, "true or false")
+        _require(self.dtype in DTYPES, "dtype", self.dtype, _one_of(DTYPES))
+        if self.layers is not None:
+            layers = list(self.layers)
+            _require(
+                len(layers) > 0
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
+                and len(set(layers)) == len(layers),
+                "layers",
+                self.layers,
+                "null (all layers) or a non-empty list of distinct layer indices >= 0",
+            )
+            self.layers = sorted(layers)
+
+    @property
+    def scaling(self) -> float:
+        """The expert output scale s = alpha / rank."""
+        return float(self.alpha) / float(self.rank) if self.num_experts else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HyCAMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"HyCAMConfig: unknown option(s) {unknown}; known options: {sorted(known)}")
+        if values.get("num_experts", 2) == 0:
+            # A resolved CAM config stores routing options as None; drop them so the round trip validates.
+            values = {k: v for k, v in values.items() if not (k in ROUTING_DEFAULTS and v is None)}
+        return cls(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(repr(c) for c in choices)
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"HyCAMConfig.{name}={value!r} is invalid; allowed: {allowed}")

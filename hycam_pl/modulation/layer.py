@@ -1,0 +1,166 @@
+"""One layer's modulation: the shared CAM, the stacked experts and the router, plus the hooks that apply them.
+
+The module is registered as a child of the layer's attention (``self_attn.hycam``) so that no base parameter is
+renamed. It acts through forward hooks: a pre-hook on the attention captures its input ``x``, a forward hook on
+the *modulation site* (the attention, or for Gemma 2/3 in ``residual_sum`` mode the post-attention norm) rewrites
+the output, and in ``residual_sum`` mode a pre-hook on the input norm captures the residual ``h``.
+Hooks are bound methods, so a modulated model pickles (``ddp_spawn``) and deep-copies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hycam_pl.modulation.balance import LayerRouting, attach_balance_gradient
+from hycam_pl.modulation.config import HyCAMConfig
+from hycam_pl.modulation.experts import StackedExperts
+from hycam_pl.modulation.router import GumbelRouter, Routing
+
+if TYPE_CHECKING:
+    from hycam_pl.modulation.model import ModulationState
+
+
+class SharedCAM(nn.Module):
+    """The full-rank shared gate ``S(x) = SiLU(x W_s + b_s)``, zero-initialised so it starts at 0."""
+
+    def __init__(self, hidden_size: int, bias: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size, bias=bias)
+        nn.init.zeros_(self.linear.weight)
+        if bias:
+            nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.linear(x))
+
+
+class ContextualModulation(nn.Module):
+    """Computes ``D(x) = M(x) - 1 = S(x) + sum_k g_k(x) E_k(x)`` and applies it to the attention output."""
+
+    def __init__(self, hidden_size: int, config: HyCAMConfig, layer_index: int) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.apply_to = config.apply_to
+        self.scale_by_experts = bool(config.balance_scale_by_experts)
+        self.shared = SharedCAM(hidden_size, config.bias) if config.shared else None
+        if config.num_experts > 0:
+            self.experts = StackedExperts(
+                hidden_size, config.num_experts, config.rank, config.scaling, config.bias
+            )
+            self.router = GumbelRouter(
+                hidden_size, config.num_experts, config.tau, config.hard, config.eval_routing, config.bias
+            )
+        else:
+            self.experts = None
+            self.router = None
+        # Plain attributes (not submodules, not parameters): the shared per-model state and per-forward stashes.
+        self._state: ModulationState | None = None
+        self._attention_input: torch.Tensor | None = None
+        self._residual: torch.Tensor | None = None
+
+    def modulation_delta(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:
+        """x: (..., d) -> (D with x's leading shape, routing of the flattened tokens or None)."""
+        param = next(self.parameters())
+        flat = x.reshape(-1, x.shape[-1])
+        if not torch.is_autocast_enabled(flat.device.type):
+            flat = flat.to(param.dtype)
+        delta = self.shared(flat) if self.shared is not None else None
+        routing = None
+        if self.experts is not None:
+            routing = self.router(flat)
+            expert_out = self.experts(flat)  # (K, tokens, d)
+            mixed = torch.einsum("nk,knd->nd", routing.gates.to(expert_out.dtype), expert_out)
+            delta = mixed if delta is None else delta + mixed
+        return delta.view(*x.shape[:-1], delta.shape[-1]), routing
+
+    # ----------------------------------------------------------------------------------------------- hooks
+    def _capture_attention_input(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        self._attention_input = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def _capture_residual(self, module: nn.Module, args: tuple) -> None:
+        self._residual = args[0]
+
+    def _modulate_site_output(
+        self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        x = self._attention_input
+        if x is None:
+            raise RuntimeError(
+                f"HyCAM layer {self.layer_index}: the modulation site ran before its attention input was seen; "
+                "this architecture's layer does not call attention the way its registry entry says."
+            )
+        self._attention_input = None
+        attn = output[0] if isinstance(output, tuple) else output
+        record = self._state.record_for_forward() if self._state is not None else None
+        token_mask = _flat_token_mask(record.token_mask if record else None, x.shape[:-1], self.layer_index)
+        delta, routing = self.modulation_delta(x)
+        if self.apply_to == "residual_sum":
+            residual, self._residual = self._residual, None
+            modulated = attn + ((residual + attn) * delta).to(attn.dtype)  # (h + a) * M - h
+        else:
+            modulated = attn + (attn * delta).to(attn.dtype)  # a * M, exact when D == 0
+        if routing is not None and record is not None:
+            modulated = self._record_routing(modulated, routing, token_mask, x.shape[0], record)
+        if isinstance(output, tuple):
+            return (modulated, *output[1:])
+        return modulated
+
+    def _record_routing(
+        self,
+        modulated: torch.Tensor,
+        routing: Routing,
+        token_mask: torch.Tensor | None,
+        batch_size: int,
+        record: Any,
+    ) -> torch.Tensor:
+        gates, probs = routing.gates, routing.probs
+        weights = token_mask.to(probs.dtype).unsqueeze(-1) if token_mask is not None else None
+        masked_gates = gates * weights if weights is not None else gates
+        masked_probs = probs * weights if weights is not None else probs
+        gate_sum = masked_gates.sum(0)
+        prob_sum = masked_probs.sum(0)
+        if self.layer_index not in record.layers:  # the first call; a checkpoint recompute must not overwrite
+            with torch.no_grad():
+                entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+                if weights is not None:
+                    entropy = entropy * weights.squeeze(-1)
+                tokens = weights.sum() if weights is not None else probs.new_tensor(float(probs.shape[0]))
+                per_example = masked_gates.detach().view(batch_size, -1, gates.shape[-1])
+                example_tokens = (
+                    weights.view(batch_size, -1).sum(1)
+                    if weights is not None
+                    else probs.new_full((batch_size,), probs.shape[0] / batch_size)
+                )
+                record.layers[self.layer_index] = LayerRouting(
+                    gate_sum=gate_sum.detach(),
+                    prob_sum=prob_sum.detach(),
+                    entropy_sum=entropy.sum(),
+                    tokens=tokens,
+                    example_gate_sum=per_example.sum(1),
+                    example_tokens=example_tokens,
+                    probs=probs.detach(),
+                    token_mask=token_mask,
+                )
+        if self.training and torch.is_grad_enabled():
+            modulated = attach_balance_gradient(modulated, gate_sum, prob_sum, record, self.scale_by_experts)
+        return modulated
+
+
+def _flat_token_mask(
+    mask: torch.Tensor | None, leading_shape: torch.Size, layer_index: int
+) -> torch.Tensor | None:
+    """The (B*T,) bool mask of real tokens for this forward's (B, T) hidden states, or None for "all"."""
+    if mask is None or mask.dim() != 2:
+        return None
+    batch, length = leading_shape
+    if mask.shape[0] != batch or mask.shape[1] < length:
+        raise ValueError(
+            f"HyCAM layer {layer_index}: attention_mask of shape {tuple(mask.shape)} does not cover hidden "
+            f"states of shape ({batch}, {length}); pass the 2-D padding mask given to the model."
+        )
+    # With a KV cache the mask spans past + new tokens; the hidden states are the newest ``length``.
+    return mask[:, -length:].reshape(-1).bool()

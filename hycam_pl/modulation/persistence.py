@@ -1,0 +1,234 @@
+"""Save and load the adapter: safetensors weights plus a JSON file with the config and the base model's identity.
+
+Loading validates everything (identity, checksum, keys, shapes, dtypes) before it touches the model, so a bad
+adapter directory raises and leaves the model exactly as it was. Writes go to temporary files that are
+renamed into place, so a crash mid-write leaves the previous adapter intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hycam_pl.modulation.architectures import find_decoder, model_type_of, resolve_architecture
+from hycam_pl.modulation.config import HyCAMConfig
+from hycam_pl.modulation.layer import ContextualModulation
+from hycam_pl.modulation.model import (
+    ADAPTER_NAME,
+    attach,
+    detach,
+    find_state,
+    hidden_size_of,
+    modulated_layers,
+    validate_for_model,
+)
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT_VERSION = 1
+IDENTITY_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+class AdapterError(ValueError):
+    pass
+
+
+def base_identity(model: nn.Module) -> dict[str, Any]:
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {
+        "model_type": model_type_of(model),
+        "hidden_size": hidden_size_of(model),
+        "num_hidden_layers": len(find_decoder(model)[1]),
+        "vocab_size": getattr(text_config, "vocab_size", None),
+        "name_or_path": getattr(config, "name_or_path", "") or "",
+    }
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable adapter tensors, keyed ``layers.<i>.<path>`` independently of the wrapping model class."""
+    state = find_state(model)
+    spec = resolve_architecture(model)
+    _, layers = find_decoder(model)
+    tensors: dict[str, torch.Tensor] = {}
+    for i, module in modulated_layers(model).items():
+        for name, param in module.named_parameters():
+            tensors[f"layers.{i}.{ADAPTER_NAME}.{name}"] = param.detach()
+        if state.config.train_norms:
+            for norm_name in spec.norms:
+                norm = getattr(layers[i], norm_name, None)
+                for name, param in norm.named_parameters() if norm is not None else ():
+                    tensors[f"layers.{i}.{norm_name}.{name}"] = param.detach()
+    return tensors
+
+
+def _expected_shapes(model: nn.Module, config: HyCAMConfig, indices: list[int]) -> dict[str, tuple[int, ...]]:
+    spec = resolve_architecture(model)
+    _, layers = find_decoder(model)
+    hidden = hidden_size_of(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    with torch.device("meta"):
+        template = ContextualModulation(hidden, config, 0)
+    for i in indices:
+        for name, param in template.named_parameters():
+            shapes[f"layers.{i}.{ADAPTER_NAME}.{name}"] = tuple(param.shape)
+        if config.train_norms:
+            for norm_name in spec.norms:
+                norm = getattr(layers[i], norm_name, None)
+                for name, param in norm.named_parameters() if norm is not None else ():
+                    shapes[f"layers.{i}.{norm_name}.{name}"] = tuple(param.shape)
+    return shapes
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = find_state(model)
+    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    weights = directory / WEIGHTS_FILE
+    _atomic_write(weights, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "hycam_config": state.config.to_dict(),
+        "layer_indices": state.layer_indices,
+        "base_model": base_identity(model),
+        "weights_sha256": _sha256(weights),
+    }
+
+    def write_json(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=2)
+
+    _atomic_write(directory / CONFIG_FILE, write_json)
+    return directory
+
+
+def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"adapter config not found: {path} (is {directory} a saved hycam_pl adapter?)"
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterError(f"adapter config {path} is corrupt: {error}") from None
+    if not isinstance(meta, dict) or "hycam_config" not in meta or "base_model" not in meta:
+        raise AdapterError(f"adapter config {path} is missing 'hycam_config' or 'base_model'")
+    try:
+        meta["config"] = HyCAMConfig.from_dict(dict(meta["hycam_config"]))
+    except (TypeError, ValueError) as error:
+        raise AdapterError(f"adapter config {path}: {error}") from None
+    return meta
+
+
+def check_base_matches(model: nn.Module, meta: dict[str, Any], directory: str | os.PathLike) -> None:
+    saved, actual = meta["base_model"], base_identity(model)
+    mismatched = [
+        f"{k}: adapter {saved.get(k)!r} vs model {actual[k]!r}"
+        for k in IDENTITY_FIELDS
+        if saved.get(k) != actual[k]
+    ]
+    if mismatched:
+        raise AdapterError(
+            f"adapter {directory} was trained on a different base model ({saved.get('name_or_path') or 'unnamed'}): "
+            + "; ".join(mismatched)
+        )
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Attach (if needed) and load a saved adapter. On any error the model is left untouched."""
+    directory = Path(directory)
+    meta = read_adapter_config(directory)
+    config: HyCAMConfig = meta["config"]
+    check_base_matches(model, meta, directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"adapter weights not found: {weights}")
+    if meta.get("weights_sha256") and _sha256(weights) != meta["weights_sha256"]:
+        raise AdapterError(
+            f"adapter weights {weights} do not match the checksum in {CONFIG_FILE} (corrupt or replaced)"
+        )
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterError(f"adapter weights {weights} are corrupt: {error}") from None
+
+    indices = validate_for_model(model, config)
+    expected = _expected_shapes(model, config, indices)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in expected.keys() & tensors.keys() if tuple(tensors[k].shape) != expected[k])
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if wrong:
+        problems.append(
+            "wrong shapes " + ", ".join(f"{k}: {tuple(tensors[k].shape)} != {expected[k]}" for k in wrong[:5])
+        )
+    if problems:
+        raise AdapterError(
+            f"adapter weights {weights} do not fit config {CONFIG_FILE}: " + "; ".join(problems)
+        )
+
+    existing = find_state(model, required=False)
+    if existing is not None and existing.config != config:
+        raise AdapterError(
+            f"the model already has a HyCAM adapter with a different config ({existing.config}); "
+            f"call hycam_pl.detach(model) before loading {directory}"
+        )
+    newly_attached = existing is None
+    if newly_attached:
+        attach(model, config)
+    try:
+        _copy_into(model, tensors)
+    except BaseException:
+        if newly_attached:
+            detach(model)
+        raise
+    return model
+
+
+@torch.no_grad()
+def _copy_into(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    _, layers = find_decoder(model)
+    targets = {}
+    for key in tensors:
+        _, index, rest = key.split(".", 2)
+        targets[key] = layers[int(index)].get_parameter(
+            rest if not rest.startswith(ADAPTER_NAME) else f"{resolve_architecture(model).attention}.{rest}"
+        )
+    for key, target in targets.items():
+        target.copy_(tensors[key].to(device=target.device, dtype=target.dtype))

@@ -1,0 +1,61 @@
+"""The per-token router: Gumbel-softmax in training, noise-free in evaluation (METHOD.md §3)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gumbel_noise(logits: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel samples shaped like ``logits``; module-level so tests can substitute fixed noise."""
+    return -torch.empty_like(logits).exponential_().log()
+
+
+class Routing(NamedTuple):
+    gates: torch.Tensor  # (tokens, K) weights used to mix the experts (one-hot values under hard routing)
+    probs: torch.Tensor  # (tokens, K) noise-free softmax(logits): the balance loss and entropy use these
+    logits: torch.Tensor  # (tokens, K)
+
+
+class GumbelRouter(nn.Module):
+    """``l(x) = x W_r + b_r``; trained (unlike the reference code, whose router weights never get gradients)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int,
+        tau: float,
+        hard: bool,
+        eval_routing: str,
+        bias: bool,
+    ) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_experts, bias=bias)
+        self.num_experts = num_experts
+        self.tau = tau
+        self.hard = hard
+        self.eval_routing = eval_routing
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        # Routing math runs in float32: softmax over a handful of bf16 logits is needlessly coarse.
+        logits = self.linear(x).float()
+        probs = logits.softmax(dim=-1)
+        if self.training:
+            soft = ((logits + gumbel_noise(logits)) / self.tau).softmax(dim=-1)
+            if self.hard:
+                index = soft.argmax(dim=-1)
+                hard = F.one_hot(index, self.num_experts).to(soft.dtype)
+                gates = hard - soft.detach() + soft  # straight-through: value one-hot, gradient of ``soft``
+            else:
+                gates = soft
+        elif self.eval_routing == "argmax":
+            gates = F.one_hot(logits.argmax(dim=-1), self.num_experts).to(logits.dtype)
+        else:
+            gates = (logits / self.tau).softmax(dim=-1)
+        return Routing(gates, probs, logits)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, hard={self.hard}, eval_routing={self.eval_routing!r}"
