@@ -1,0 +1,125 @@
+"""Results files for a run: ``results.json`` for machines, ``results.md`` for people.
+
+Both are written atomically (temporary file in the same directory, then ``os.replace``), so a
+crash or a concurrent reader never sees half a file. Rows are tasks in the given order with
+``"macro"`` last; columns are metrics in a fixed preferred order, then any others by first use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from hycam_pl.metrics.task_metrics import MACRO
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+PREFERRED_COLUMNS: tuple[str, ...] = (
+    "loss",
+    "ppl",
+    "bleu4",
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "exact_match",
+    "task_score",
+)
+MISSING = "–"
+
+
+def write_results(
+    results: Mapping[str, Mapping[str, float]], run_dir: str | os.PathLike
+) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``run_dir`` (created if needed); return both paths.
+
+    JSON keeps the nested ``{task: {metric: value}}`` shape; NaN and infinities become ``null``
+    (strict JSON has no such numbers).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    serialisable = {
+        task: {metric: _json_number(value) for metric, value in values.items()}
+        for task, values in results.items()
+    }
+    json_path = _write_atomically(
+        run_dir / RESULTS_JSON, json.dumps(serialisable, indent=2, allow_nan=False) + "\n"
+    )
+    md_path = _write_atomically(run_dir / RESULTS_MD, format_results_table(results) + "\n")
+    return json_path, md_path
+
+
+def format_results_table(results: Mapping[str, Mapping[str, float]]) -> str:
+    """A Markdown table: one row per task then ``macro``, one column per metric."""
+    rows = [task for task in results if task != MACRO] + ([MACRO] if MACRO in results else [])
+    columns = results_columns(results)
+    lines = [
+        "| " + " | ".join(["task", *columns]) + " |",
+        "|" + "|".join([":---", *(["---:"] * len(columns))]) + "|",
+    ]
+    for task in rows:
+        cells = [format_value(results[task][c]) if c in results[task] else MISSING for c in columns]
+        lines.append("| " + " | ".join([f"**{task}**" if task == MACRO else task, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def results_columns(results: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Metric names present in ``results``: preferred ones in their fixed order, others after."""
+    present: dict[str, None] = {}
+    for values in results.values():
+        present.update(dict.fromkeys(values))
+    return [c for c in PREFERRED_COLUMNS if c in present] + [c for c in present if c not in PREFERRED_COLUMNS]
+
+
+def format_value(value: float | int | None) -> str:
+    """Four decimals for scores and losses, two for large values (perplexities), scientific at extremes."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    magnitude = abs(value)
+    if magnitude >= 1e6 or 0 < magnitude < 1e-4:
+        return f"{value:.3e}"
+    if magnitude >= 100:
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def flatten_results(results: Mapping[str, Mapping[str, float]], prefix: str = "") -> dict[str, float]:
+    """``{f"{prefix}{task}/{metric}": value}``, e.g. for ``LightningModule.log_dict``."""
+    return {
+        f"{prefix}{task}/{metric}": value
+        for task, values in results.items()
+        for metric, value in values.items()
+    }
+
+
+def _json_number(value: float | int | None) -> float | int | None:
+    if value is None or isinstance(value, int):
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _write_atomically(path: Path, text: str) -> Path:
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,87 @@
+"""Routing diagnostics for mixture-of-experts modulation (pure tensor math, no logging).
+
+Used by monitoring code to spot router collapse (every token to one expert) and to see whether
+experts specialise by task. Conventions: the expert axis is the last one; entropies are in nats,
+so a uniform choice among ``K`` experts has entropy ``log K`` and a certain choice has 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def router_entropy(probs: Tensor) -> Tensor:
+    """Entropy of each token's routing distribution, ``-sum_k p_k log p_k`` (nats); shape ``probs.shape[:-1]``.
+
+    ``0 log 0`` is taken as 0, so one-hot (hard) routing gives exactly 0.
+    """
+    probs = probs.float()
+    return -torch.special.xlogy(probs, probs).sum(dim=-1)
+
+
+def expert_load(gates: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Share of routed tokens each expert receives, over every axis except the last; sums to 1.
+
+    Args:
+        gates: ``(..., K)`` routing weights per token (one-hot for hard routing, or probabilities).
+        mask: optional ``(...)`` boolean/0-1 mask; padding tokens (mask 0) are excluded.
+
+    With ``(B, T, K)`` gates and ``(B, T)`` mask, ``expert_load(gates[b], mask[b])`` is one example's load.
+    Returns NaN for every expert when no token is counted.
+    """
+    gates = gates.float()
+    if mask is None:
+        mask = torch.ones(gates.shape[:-1], dtype=gates.dtype, device=gates.device)
+    if mask.shape != gates.shape[:-1]:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal gates.shape[:-1] = {tuple(gates.shape[:-1])}"
+        )
+    weighted = (gates * mask.to(gates.dtype).unsqueeze(-1)).reshape(-1, gates.shape[-1]).sum(dim=0)
+    return weighted / weighted.sum()
+
+
+def load_entropy(load: Tensor, normalized: bool = False) -> Tensor:
+    """Entropy (nats) of an expert-load vector, over the last axis; ``normalized`` divides by ``log K``.
+
+    ``load`` may be counts or shares: it is rescaled to sum to 1 first. 0 means all load on one
+    expert (collapse); ``log K`` (or 1 when normalised) means perfectly balanced.
+    """
+    load = load.float()
+    entropy = router_entropy(load / load.sum(dim=-1, keepdim=True))
+    num_experts = load.shape[-1]
+    if normalized:
+        return entropy / math.log(num_experts) if num_experts > 1 else torch.zeros_like(entropy)
+    return entropy
+
+
+def usage_matrix(task_ids: Tensor, expert_load_per_example: Tensor, num_tasks: int) -> Tensor:
+    """``(num_tasks, K)`` matrix: row ``t`` is the mean expert load over the examples of task ``t``.
+
+    Args:
+        task_ids: ``(B,)`` integer task id per example.
+        expert_load_per_example: ``(B, K)`` each example's expert load (e.g. from :func:`expert_load`).
+        num_tasks: number of rows.
+
+    Rows of tasks with no example in the input are NaN (unknown, not "no load").
+    """
+    if (
+        task_ids.dim() != 1
+        or expert_load_per_example.dim() != 2
+        or len(task_ids) != len(expert_load_per_example)
+    ):
+        raise ValueError(
+            f"expected task_ids (B,) and expert_load_per_example (B, K); got {tuple(task_ids.shape)} "
+            f"and {tuple(expert_load_per_example.shape)}"
+        )
+    if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= num_tasks):
+        raise IndexError(f"task ids must lie in [0, {num_tasks})")
+    load = expert_load_per_example.float()
+    task_ids = task_ids.to(device=load.device, dtype=torch.long)
+    sums = torch.zeros(num_tasks, load.shape[1], dtype=load.dtype, device=load.device).index_add_(
+        0, task_ids, load
+    )
+    counts = torch.bincount(task_ids, minlength=num_tasks).to(load.dtype).unsqueeze(1)
+    return sums / counts

@@ -1,0 +1,80 @@
+"""results.json / results.md contents and atomic writing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from hycam_pl.metrics import MACRO, flatten_results, format_results_table, format_value, write_results
+
+RESULTS = {
+    "qa": {"bleu4": 0.123456, "loss": 1.5, "ppl": 4.4816890703},
+    "code": {"loss": 2.0, "ppl": 7.38905609893, "custom": 3},
+    MACRO: {"loss": 1.75, "ppl": 5.935372834, "bleu4": 0.123456, "custom": 3},
+}
+
+
+def test_markdown_table_rows_columns_and_formatting():
+    table = format_results_table({MACRO: RESULTS[MACRO], "qa": RESULTS["qa"], "code": RESULTS["code"]})
+    lines = table.splitlines()
+    assert lines[0] == "| task | loss | ppl | bleu4 | custom |"  # preferred order, then others
+    assert lines[1] == "|:---|---:|---:|---:|---:|"
+    assert lines[2] == "| qa | 1.5000 | 4.4817 | 0.1235 | – |"
+    assert lines[3] == "| code | 2.0000 | 7.3891 | – | 3 |"
+    assert lines[4] == "| **macro** | 1.7500 | 5.9354 | 0.1235 | 3 |"  # macro last whatever the dict order
+    assert len(lines) == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.5, "0.5000"),
+        (12.34567, "12.3457"),
+        (1234.5678, "1234.57"),
+        (3.2e7, "3.200e+07"),
+        (2e-6, "2.000e-06"),
+        (0.0, "0.0000"),
+        (7, "7"),
+        (float("nan"), "nan"),
+        (float("inf"), "inf"),
+    ],
+)
+def test_format_value(value, text):
+    assert format_value(value) == text
+
+
+def test_write_results_json_and_markdown(tmp_path):
+    results = {**RESULTS, "qa": {**RESULTS["qa"], "rougeL": float("nan")}}
+    json_path, md_path = write_results(results, tmp_path / "run")
+    assert (json_path.name, md_path.name) == ("results.json", "results.md")
+    assert json_path.parent == tmp_path / "run"
+    loaded = json.loads(json_path.read_text())
+    assert list(loaded) == ["qa", "code", MACRO]
+    assert loaded["qa"]["rougeL"] is None  # strict JSON: NaN becomes null
+    assert loaded["qa"]["bleu4"] == 0.123456 and loaded["code"]["custom"] == 3
+    assert md_path.read_text() == format_results_table(results) + "\n"
+    assert sorted(os.listdir(tmp_path / "run")) == ["results.json", "results.md"]  # no temp files left
+
+
+def test_write_results_overwrites_and_failed_write_keeps_old_file(tmp_path, monkeypatch):
+    write_results({"qa": {"loss": 1.0}}, tmp_path)
+    write_results({"qa": {"loss": 2.0}}, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"qa": {"loss": 2.0}}
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        write_results({"qa": {"loss": 3.0}}, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"qa": {"loss": 2.0}}
+    assert sorted(os.listdir(tmp_path)) == ["results.json", "results.md"]
+
+
+def test_flatten_results():
+    assert flatten_results({"qa": {"loss": 1.0}, MACRO: {"loss": 1.0}}, prefix="val/") == {
+        "val/qa/loss": 1.0,
+        "val/macro/loss": 1.0,
+    }
