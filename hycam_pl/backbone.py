@@ -1,0 +1,59 @@
+"""Build the frozen causal LM: from a hub name or local path, or from a config dict for offline and tiny runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from hycam_pl.hub import hub_reachable, offline_error
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_backbone(
+    source: str | dict[str, Any],
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    init_seed: int = 0,
+    option: str = "model.backbone",
+) -> transformers.PreTrainedModel:
+    """A causal LM. A dict is a transformers config (``model_type`` plus fields), randomly initialised with
+    ``init_seed`` so that the same config always yields the same weights (resuming relies on it)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is invalid; allowed: {', '.join(DTYPES)}")
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if isinstance(source, dict):
+        values = dict(source)
+        model_type = values.pop("model_type", None)
+        if not model_type:
+            raise ValueError(f"{option}: a config dict needs 'model_type' (e.g. llama, qwen2, mistral)")
+        try:
+            config = transformers.AutoConfig.for_model(model_type, **values)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{option}: invalid config for model_type {model_type!r}: {error}") from None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = transformers.AutoModelForCausalLM.from_config(
+                config, **{k: v for k, v in kwargs.items() if k != "dtype"}
+            )
+        if dtype not in ("auto", "float32"):
+            model = model.to(DTYPES[dtype])
+        return model
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"{option} must be a hub name, a local path or a config dict; got {source!r}")
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{option}: {path} has no config.json; is it a saved transformers model?")
+        return transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError:
+        if not hub_reachable():
+            raise offline_error("model", source, option) from None
+    return transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)

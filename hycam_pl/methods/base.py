@@ -1,0 +1,67 @@
+"""The interface every adaptation method implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class AdaptationMethod:
+    """Default behaviour: train every parameter, no auxiliary loss, one parameter group."""
+
+    name = "base"
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def auxiliary_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A loss to add to the task loss (already weighted), or None."""
+        return None
+
+    def parameter_groups(
+        self, model: nn.Module, learning_rate: float, weight_decay: float, overrides: dict[str, float]
+    ) -> list[dict[str, Any]]:
+        """AdamW groups. Biases and norm weights (1-D tensors) never get weight decay."""
+        decay, no_decay = [], []
+        for _, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        return _groups(
+            [("decay", decay, learning_rate, weight_decay), ("no_decay", no_decay, learning_rate, 0.0)]
+        )
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"method": self.name}
+
+    def save(self, model: nn.Module, directory: str) -> None:
+        """Write what is needed to reuse the trained method without the Lightning checkpoint."""
+        model.save_pretrained(directory)
+
+    def summary(self, model: nn.Module) -> dict[str, dict[str, int]]:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        return {"total": {"trainable": trainable, "frozen": frozen}}
+
+
+def _groups(specs: list[tuple[str, list, float, float]]) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "params": params, "lr": lr, "weight_decay": wd}
+        for name, params, lr, wd in specs
+        if params
+    ]
+
+
+METHODS: dict[str, Callable[..., AdaptationMethod]] = {}
+
+
+def register_method(name: str, factory: Callable[..., AdaptationMethod]) -> None:
+    METHODS[name] = factory
+
+
+def build_method(name: str, **options: Any) -> AdaptationMethod:
+    if name not in METHODS:
+        raise ValueError(f"model.method={name!r} is unknown; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name](**options)

@@ -1,0 +1,5 @@
+"""The Lightning side of hycam_pl: the multi-task LightningModule and what it needs."""
+
+from hycam_pl.training.module import GenerationSettings, MultiTaskLM
+
+__all__ = ["GenerationSettings", "MultiTaskLM"]

@@ -1,0 +1,382 @@
+"""``MultiTaskLM``: a LightningModule that wraps any Hugging Face causal LM with a pluggable adaptation method."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from hycam_pl.backbone import load_backbone
+from hycam_pl.methods import build_method
+from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_table, write_results
+from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics
+from hycam_pl.training.losses import per_example_nll
+
+CHECKPOINTING = (False, True, "reentrant", "non_reentrant")
+
+
+@dataclass
+class GenerationSettings:
+    """How evaluation and ``predict`` generate: batched left-padded prompts, ``data.eval_batch_size`` at a time."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    every_n_validations: int = 0  # 0: generation metrics only in ``test``; N: also every N-th validation
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"model.generation.max_new_tokens={self.max_new_tokens} must be >= 1")
+
+
+class MultiTaskLM(L.LightningModule):
+    """A frozen (or, for ``method: full``, trainable) causal LM adapted to several tasks at once.
+
+    Args:
+        backbone: hub name, local directory, or a transformers config dict (``model_type`` + fields) for
+            offline/tiny runs, randomly initialised with ``init_seed``.
+        method: ``hycam`` | ``cam`` | ``full`` (or any registered method).
+        hycam: the HyCAM configuration (``hycam``/``cam`` only).
+        learning_rate: base learning rate; ``shared_lr`` and ``expert_lr`` override it for the shared CAM and for
+            the specialised CAMs + router.
+        activation_checkpointing: False, True / "non_reentrant", or "reentrant".
+        max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient.
+    """
+
+    strict_loading = False  # checkpoints hold only the trainable weights; the base reloads from its source
+
+    def __init__(
+        self,
+        backbone: str | dict[str, Any],
+        method: str = "hycam",
+        hycam: HyCAMConfig | None = None,
+        learning_rate: float = 2e-5,
+        shared_lr: float | None = None,
+        expert_lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.03,
+        dtype: str = "float32",
+        attn_implementation: str | None = None,
+        activation_checkpointing: bool | str = False,
+        init_seed: int = 0,
+        generation: GenerationSettings | None = None,
+        max_nonfinite_steps: int = 3,
+        predict_output: str | None = None,
+    ) -> None:
+        super().__init__()
+        if activation_checkpointing not in CHECKPOINTING:
+            raise ValueError(
+                f"model.activation_checkpointing={activation_checkpointing!r} is invalid; allowed: "
+                "false, true, 'reentrant', 'non_reentrant'"
+            )
+        if not 0 <= warmup_ratio < 1:
+            raise ValueError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1)")
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"model.max_nonfinite_steps={max_nonfinite_steps} must be >= 1")
+        self.save_hyperparameters()
+        self.generation = generation or GenerationSettings()
+        self.method = build_method(method, hycam=hycam)
+        model = load_backbone(
+            backbone, dtype=dtype, attn_implementation=attn_implementation, init_seed=init_seed
+        )
+        self.model = self.method.apply(model)
+        if activation_checkpointing:
+            reentrant = activation_checkpointing == "reentrant"
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": reentrant}
+            )
+        self.val_metrics: TaskMetrics | None = None
+        self.test_metrics: TaskMetrics | None = None
+        self.val_overall = TeacherForcedLoss()
+        self.test_overall = TeacherForcedLoss()
+        self.nonfinite_steps = 0
+        self.nonfinite_in_a_row = 0
+        self._validations_done = 0
+        self._pending_rng_state: dict[str, Any] | None = None
+        self._predictions: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------------------- setup
+    @property
+    def datamodule(self):
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
+    def setup(self, stage: str) -> None:
+        data = self.datamodule
+        if data is None:
+            return
+        tokenizer = data.tokenizer
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if len(tokenizer) > vocab:
+            raise ValueError(
+                f"data.tokenizer has {len(tokenizer)} tokens but the model.backbone embedding has only {vocab} "
+                "rows; use a matching tokenizer or a larger vocab_size"
+            )
+        scorers = getattr(data, "scorers", {}) or {}
+        if self.val_metrics is None:
+            self.val_metrics = TaskMetrics(data.task_names, scorers).to(self.device)
+            self.test_metrics = TaskMetrics(data.task_names, scorers).to(self.device)
+
+    # ---------------------------------------------------------------------------------------- training
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        nll_sum, tokens = per_example_nll(logits, batch["labels"])
+        task_loss = nll_sum.sum() / tokens.sum().clamp_min(1)
+        return task_loss, nll_sum, tokens
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        task_loss, _, _ = self._losses(batch)
+        aux = self.method.auxiliary_loss(self.model)
+        loss = task_loss if aux is None else task_loss + aux
+        batch_size = batch["input_ids"].shape[0]
+        if not torch.isfinite(loss):
+            self._record_nonfinite("loss")
+            return None  # Lightning skips backward and the optimizer step
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/task_loss", task_loss, batch_size=batch_size)
+        if aux is not None:
+            coef = self.method.config.balance_coef
+            self.log(
+                "train/balance_loss", aux.detach() / coef if coef else aux.detach(), batch_size=batch_size
+            )
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if (
+            self._pending_rng_state is not None
+        ):  # resuming: continue the random stream exactly where it stopped
+            torch.set_rng_state(self._pending_rng_state["cpu"])
+            if torch.cuda.is_available() and self._pending_rng_state.get("cuda") is not None:
+                torch.cuda.set_rng_state_all(self._pending_rng_state["cuda"])
+            self._pending_rng_state = None
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """Skip (and count) a step whose gradients are not finite, instead of corrupting the weights."""
+
+        def closure_with_check():
+            loss = optimizer_closure() if optimizer_closure is not None else None
+            finite = all(
+                torch.isfinite(p.grad).all()
+                for group in optimizer.param_groups
+                for p in group["params"]
+                if p.grad is not None
+            )
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                self._record_nonfinite("gradient")
+            else:
+                self.nonfinite_in_a_row = 0
+            return loss
+
+        optimizer.step(closure=closure_with_check)
+
+    def _record_nonfinite(self, what: str) -> None:
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        limit = self.hparams.max_nonfinite_steps
+        if self.nonfinite_in_a_row >= limit:
+            last_good = _last_checkpoint(self.trainer)
+            raise FloatingPointError(
+                f"non-finite {what} at global step {self.global_step} "
+                f"({self.nonfinite_in_a_row} steps in a row, limit model.max_nonfinite_steps={limit}); "
+                f"last good checkpoint: {last_good or 'none saved yet'}"
+            )
+
+    # -------------------------------------------------------------------------------------- evaluation
+    def _evaluate(
+        self, batch: dict[str, torch.Tensor], metrics: TaskMetrics, overall: TeacherForcedLoss
+    ) -> None:
+        _, nll_sum, tokens = self._losses(batch)
+        metrics.update_loss(batch["task_ids"], nll_sum, tokens)
+        overall.update(nll_sum.sum(), tokens.sum())
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, self.val_overall)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, self.test_overall)
+
+    def on_validation_epoch_end(self) -> None:
+        self._validations_done += 1
+        every = self.generation.every_n_validations
+        if every and self._validations_done % every == 0 and not self.trainer.sanity_checking:
+            self._score_generations("validate", self.val_metrics)
+        self._log_results("val", self.val_metrics, self.val_overall)
+
+    def on_test_epoch_end(self) -> None:
+        self._score_generations("test", self.test_metrics)
+        results = self._log_results("test", self.test_metrics, self.test_overall)
+        run_dir = self.run_dir()
+        if self.trainer.is_global_zero and run_dir is not None:
+            json_path, md_path = write_results(results, run_dir)
+            print(f"\nPer-task test results ({json_path}, {md_path}):\n{format_results_table(results)}")
+
+    def _log_results(self, prefix: str, metrics: TaskMetrics, overall: TeacherForcedLoss) -> dict:
+        results = metrics.compute()
+        total = overall.compute()
+        loss = float(total["loss"])
+        self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val", sync_dist=False)
+        self.log(f"{prefix}/ppl", float(total["ppl"]), sync_dist=False)
+        for task, values in results.items():
+            for name, value in values.items():
+                self.log(f"{prefix}/{task}/{name}", float(value), sync_dist=False)
+        metrics.reset()
+        overall.reset()
+        return results
+
+    @torch.no_grad()
+    def generate_batch(self, batch: dict[str, Any]) -> list[str]:
+        """Greedy or sampled continuations of a left-padded prompt batch, decoded without special tokens."""
+        tokenizer = self.datamodule.tokenizer
+        settings = self.generation
+        input_ids = batch["input_ids"].to(self.device)
+        attention_mask = batch["attention_mask"].to(self.device)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.do_sample,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        if settings.do_sample:
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+
+    def _score_generations(self, stage: str, metrics: TaskMetrics) -> None:
+        data = self.datamodule
+        loader = data.generation_dataloader(stage)
+        was_training = self.model.training
+        self.model.eval()
+        for batch in loader:
+            predictions = self.generate_batch(batch)
+            metrics.update_generation_by_id(batch["task_ids"], predictions, batch["references"])
+        self.model.train(was_training)
+
+    # ------------------------------------------------------------------------------------------ predict
+    def predict_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
+        responses = self.generate_batch(batch)
+        routing = self._routing_summaries(batch, responses)
+        records = []
+        for i, response in enumerate(responses):
+            record = {"task": batch["tasks"][i], "prompt": batch["prompts"][i], "response": response}
+            if routing is not None:
+                record["routing"] = routing[i]
+            records.append(record)
+        self._predictions.extend(records)
+        return records
+
+    @torch.no_grad()
+    def _routing_summaries(self, batch: dict[str, Any], responses: list[str]) -> list[dict[str, Any]] | None:
+        """Per example: the mean expert load over layers for prompt + response, read from one extra forward."""
+        if not is_attached(self.model) or not self.method.config.num_experts:
+            return None
+        tokenizer = self.datamodule.tokenizer
+        texts = [prompt + response for prompt, response in zip(batch["prompts"], responses)]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
+        self.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], use_cache=False)
+        stats = routing_statistics(self.model)
+        loads = torch.stack(
+            [s.example_gate_sum / s.example_tokens.clamp_min(1).unsqueeze(-1) for s in stats.values()]
+        )
+        per_example = loads.mean(0).cpu()
+        return [
+            {"expert_load": [round(float(v), 4) for v in row], "top_expert": int(row.argmax())}
+            for row in per_example
+        ]
+
+    def on_predict_epoch_end(self) -> None:
+        path = self.hparams.predict_output or (
+            os.path.join(self.run_dir(), "predictions.jsonl") if self.run_dir() else "predictions.jsonl"
+        )
+        _write_jsonl_atomic(Path(path), self._predictions)
+        print(f"Wrote {len(self._predictions)} predictions to {path}")
+        self._predictions = []
+
+    # ------------------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        overrides = {k: v for k, v in (("shared", hp.shared_lr), ("experts", hp.expert_lr)) if v is not None}
+        groups = self.method.parameter_groups(self.model, hp.learning_rate, hp.weight_decay, overrides)
+        if not groups:
+            raise ValueError(f"model.method={hp.method!r} left no trainable parameters")
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(math.ceil(hp.warmup_ratio * total))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def trainable_keys(self) -> set[str]:
+        return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keys = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
+        checkpoint["hycam_rng_state"] = {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        checkpoint["hycam_counters"] = {
+            "nonfinite_steps": self.nonfinite_steps,
+            "validations": self._validations_done,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = sorted(self.trainable_keys() - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise ValueError(
+                f"checkpoint does not fit this model: {len(missing)} trainable tensors missing "
+                f"(e.g. {missing[:3]}); was it trained with a different method or hycam config?"
+            )
+        self._pending_rng_state = checkpoint.get("hycam_rng_state")
+        counters = checkpoint.get("hycam_counters", {})
+        self.nonfinite_steps = counters.get("nonfinite_steps", 0)
+        self._validations_done = counters.get("validations", 0)
+
+    def on_fit_end(self) -> None:
+        run_dir = self.run_dir()
+        if self.trainer.is_global_zero and run_dir is not None and is_attached(self.model):
+            self.method.save(self.model, os.path.join(run_dir, "adapter"))
+
+    def run_dir(self) -> str | None:
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        log_dir = trainer.log_dir
+        return log_dir if log_dir else trainer.default_root_dir
+
+    def generation_hparams(self) -> dict[str, Any]:
+        return asdict(self.generation)
+
+
+def _last_checkpoint(trainer: L.Trainer) -> str | None:
+    callback = getattr(trainer, "checkpoint_callback", None)
+    if callback is None:
+        return None
+    return getattr(callback, "last_model_path", None) or getattr(callback, "best_model_path", None) or None
+
+
+def _write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
