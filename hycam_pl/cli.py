@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
 from hycam_pl.data import MultiTaskDataModule
@@ -19,11 +20,14 @@ class HyCAMCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    # "omegaconf+" resolves interpolation after every config file and command-line override is merged, so
+    # ``--data.max_length 128`` also reaches ``${data.max_length}``; absolute paths stay as users write them.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     HyCAMCLI(
         MultiTaskLM,
         MultiTaskDataModule,
         seed_everything_default=2333,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_kwargs={"overwrite": True},
         args=args,
     )

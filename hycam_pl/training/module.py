@@ -82,8 +82,15 @@ class MultiTaskLM(L.LightningModule):
             raise ValueError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1)")
         if max_nonfinite_steps < 1:
             raise ValueError(f"model.max_nonfinite_steps={max_nonfinite_steps} must be >= 1")
-        self.save_hyperparameters()
+        # Plain types only in hparams (and so in checkpoints): dataclasses would need unsafe unpickling.
+        if isinstance(hycam, dict):
+            hycam = HyCAMConfig.from_dict(hycam)
+        if isinstance(generation, dict):
+            generation = GenerationSettings(**generation)
         self.generation = generation or GenerationSettings()
+        self.save_hyperparameters(ignore=["hycam", "generation"])
+        self.hparams["hycam"] = hycam.to_dict() if hycam is not None else None
+        self.hparams["generation"] = asdict(self.generation)
         self.method = build_method(method, hycam=hycam)
         model = load_backbone(
             backbone, dtype=dtype, attn_implementation=attn_implementation, init_seed=init_seed

@@ -1,0 +1,65 @@
+"""Shared helpers: a cut-down quickstart config written into a temporary directory, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+TASKS = ("arithmetic", "code", "qa", "list_ops")
+
+
+def tiny_quickstart(
+    tmp_path: Path, max_steps: int = 12, val_every: int = 6, num_examples: int = 40, **model
+) -> Path:
+    """The quickstart config with every path inside ``tmp_path``, a smaller model and fewer steps."""
+    config = yaml.safe_load(QUICKSTART.read_text())
+    config = copy.deepcopy(config)
+    trainer = config["trainer"]
+    trainer.update(max_steps=max_steps, val_check_interval=val_every, log_every_n_steps=2)
+    trainer["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    for callback in trainer["callbacks"]:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"].update(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=val_every)
+        if callback["class_path"].endswith("RoutingTelemetry"):
+            callback["init_args"]["every_n_steps"] = 4
+    backbone = config["model"]["backbone"]
+    backbone.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, max_position_embeddings=256)
+    config["model"]["generation"]["max_new_tokens"] = 8
+    config["model"].update(model)
+    data = config["data"]
+    data.update(
+        batch_size=4, eval_batch_size=16, generation_samples_per_task=4, cache_dir=str(tmp_path / "cache")
+    )
+    for task in data["tasks"]:
+        task["num_examples"] = num_examples
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "hycam_pl.cli", *args]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    accumulator.Reload()
+    return {
+        tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]
+    }
