@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import transformers
 
-from hycam_pl.hub import hub_reachable, offline_error
+from hycam_pl.data.hub import hub_offline, offline_lookups
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,9 +51,14 @@ def load_backbone(
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{option}: {path} has no config.json; is it a saved transformers model?")
         return transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+    if not hub_offline():
+        return transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
     try:
-        return transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **kwargs)
+        with offline_lookups():
+            return transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError:
-        if not hub_reachable():
-            raise offline_error("model", source, option) from None
-    return transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        raise FileNotFoundError(
+            f"{option}: model {source!r} is neither a local directory nor in the Hugging Face cache, and "
+            f"the hub is offline or unreachable. Download it once with network access, or point {option} "
+            "at a local directory."
+        ) from None
