@@ -10,10 +10,10 @@ from .conftest import batch, randomize_adapter, tiny_model
 CHECKPOINTING = [None, "reentrant", "non_reentrant"]
 
 
-def modulated(checkpointing, num_experts=3, seed=0, family="llama"):
+def modulated(checkpointing, num_experts=3, seed=0, family="llama", apply_to="attention_output"):
     model = tiny_model(family, num_hidden_layers=3)
     torch.manual_seed(seed)
-    attach(model, HyCAMConfig(num_experts=num_experts, rank=4 if num_experts else None))
+    attach(model, HyCAMConfig(num_experts=num_experts, rank=4 if num_experts else None, apply_to=apply_to))
     randomize_adapter(model)
     if checkpointing:
         model.gradient_checkpointing_enable(
@@ -77,11 +77,12 @@ def test_balance_loss_gradient_is_exact_under_checkpointing(checkpointing):
 
 
 @pytest.mark.parametrize("checkpointing", ["reentrant", "non_reentrant"])
-def test_checkpointing_gives_the_same_total_gradient(checkpointing):
+@pytest.mark.parametrize("family,apply_to", [("llama", "attention_output"), ("gemma2", "residual_sum"), ("qwen3", "residual_sum")])
+def test_checkpointing_gives_the_same_total_gradient(checkpointing, family, apply_to):
     input_ids, mask = batch()
     results = []
     for mode in (None, checkpointing):
-        model = modulated(mode)
+        model = modulated(mode, family=family, apply_to=apply_to)
         torch.manual_seed(5)  # same Gumbel noise; checkpoint recompute replays the RNG state
         out = model(input_ids=input_ids, attention_mask=mask, labels=input_ids)
         (out.loss + 0.5 * balance_loss(model)).backward()

@@ -57,17 +57,18 @@ def test_left_padded_batched_generation_matches_single_prompts():
     assert torch.equal(together[0], alone_long[0])
 
 
-def test_bf16_autocast_runs_and_stays_close():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_and_stays_close(dtype):
     model = trained_looking()
     input_ids, mask = batch()
     with torch.no_grad():
         full = model(input_ids=input_ids, attention_mask=mask).logits
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             low = model(input_ids=input_ids, attention_mask=mask).logits
-    assert low.dtype == torch.bfloat16
+    assert low.dtype == dtype
     torch.testing.assert_close(low.float(), full, rtol=0.1, atol=0.1)
     model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         out = model(input_ids=input_ids, attention_mask=mask, labels=input_ids)
     out.loss.backward()
     assert all(
@@ -101,3 +102,13 @@ def test_torch_compile_matches_eager():
     loss = compiled_train(input_ids=input_ids, attention_mask=mask, labels=input_ids).loss
     loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if ".hycam.shared." in n)
+
+
+def test_torch_compile_inductor_matches_eager():
+    """The default backend generates real kernels (C++ on CPU); the hooks must survive code generation."""
+    model = trained_looking()
+    input_ids, mask = batch()
+    with torch.no_grad():
+        eager = model(input_ids=input_ids, attention_mask=mask).logits
+        out = torch.compile(model)(input_ids=input_ids, attention_mask=mask).logits
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
