@@ -7,19 +7,43 @@ Configs mirror constructor arguments (``class_path``/``init_args``) and may use 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from jsonargparse import set_parsing_settings
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.training import MultiTaskLM
+from hycam_pl.training.faults import install_atomic_checkpoint_io
+from hycam_pl.training.validation import preflight, report_user_errors, validate_cli_config
 
 
 class HyCAMCLI(LightningCLI):
-    pass
+    def before_instantiate_classes(self) -> None:
+        validate_cli_config(self.config, self.subcommand)  # model options, before any weights are loaded
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        install_atomic_checkpoint_io(trainer)
+        return trainer
+
+    def before_fit(self) -> None:
+        preflight(self.model, self.datamodule, "fit")  # bad data fails before a run directory exists
+
+    def before_validate(self) -> None:
+        preflight(self.model, self.datamodule, "validate")
+
+    def before_test(self) -> None:
+        preflight(self.model, self.datamodule, "test")
 
 
 def main(args: list[str] | None = None) -> None:
+    with report_user_errors():
+        _main(args)
+
+
+def _main(args: list[str] | None) -> None:
     # "omegaconf+" resolves interpolation after every config file and command-line override is merged, so
     # ``--data.max_length 128`` also reaches ``${data.max_length}``; absolute paths stay as users write them.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)

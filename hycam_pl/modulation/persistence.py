@@ -97,16 +97,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
+def _staged(path: Path, write) -> str:
+    """Write through ``write(temporary)`` into a temporary beside ``path``; return it (removed on failure)."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(temporary)
-        os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    return temporary
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
@@ -115,21 +116,29 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     state = find_state(model)
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    weights = directory / WEIGHTS_FILE
-    _atomic_write(weights, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "hycam_config": state.config.to_dict(),
-        "layer_indices": state.layer_indices,
-        "base_model": base_identity(model),
-        "weights_sha256": _sha256(weights),
-    }
+    weights, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    # Both files are complete before either replaces its predecessor: the config holds the weights' checksum,
+    # so a failure while writing either one must leave the previous pair in place.
+    staged_weights = _staged(weights, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    try:
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "hycam_config": state.config.to_dict(),
+            "layer_indices": state.layer_indices,
+            "base_model": base_identity(model),
+            "weights_sha256": _sha256(Path(staged_weights)),
+        }
 
-    def write_json(path: str) -> None:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, indent=2)
+        def write_json(path: str) -> None:
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(meta, handle, indent=2)
 
-    _atomic_write(directory / CONFIG_FILE, write_json)
+        staged_config = _staged(config, write_json)
+    except BaseException:
+        os.unlink(staged_weights)
+        raise
+    os.replace(staged_weights, weights)
+    os.replace(staged_config, config)
     return directory
 
 

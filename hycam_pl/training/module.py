@@ -18,6 +18,7 @@ from hycam_pl.methods import build_method
 from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_table, write_results
 from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics
 from hycam_pl.training.losses import per_example_nll
+from hycam_pl.training.validation import load_initial_adapter
 
 CHECKPOINTING = (False, True, "reentrant", "non_reentrant")
 
@@ -49,6 +50,8 @@ class MultiTaskLM(L.LightningModule):
             the specialised CAMs + router.
         activation_checkpointing: False, True / "non_reentrant", or "reentrant".
         max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient.
+        predict_output: where ``predict`` writes its JSONL (default ``<log dir>/predictions.jsonl``).
+        adapter: a saved adapter directory to start from (checked against the backbone before loading).
     """
 
     strict_loading = False  # checkpoints hold only the trainable weights; the base reloads from its source
@@ -71,6 +74,7 @@ class MultiTaskLM(L.LightningModule):
         generation: GenerationSettings | None = None,
         max_nonfinite_steps: int = 3,
         predict_output: str | None = None,
+        adapter: str | None = None,
     ) -> None:
         super().__init__()
         if activation_checkpointing not in CHECKPOINTING:
@@ -88,14 +92,34 @@ class MultiTaskLM(L.LightningModule):
         if isinstance(generation, dict):
             generation = GenerationSettings(**generation)
         self.generation = generation or GenerationSettings()
-        self.save_hyperparameters(ignore=["hycam", "generation"])
-        self.hparams["hycam"] = hycam.to_dict() if hycam is not None else None
-        self.hparams["generation"] = asdict(self.generation)
+        self.save_hyperparameters(
+            {
+                "backbone": backbone,
+                "method": method,
+                "hycam": hycam.to_dict() if hycam is not None else None,
+                "learning_rate": learning_rate,
+                "shared_lr": shared_lr,
+                "expert_lr": expert_lr,
+                "weight_decay": weight_decay,
+                "betas": list(betas),
+                "warmup_ratio": warmup_ratio,
+                "dtype": dtype,
+                "attn_implementation": attn_implementation,
+                "activation_checkpointing": activation_checkpointing,
+                "init_seed": init_seed,
+                "generation": asdict(self.generation),
+                "max_nonfinite_steps": max_nonfinite_steps,
+                "predict_output": predict_output,
+                "adapter": adapter,
+            }
+        )
         self.method = build_method(method, hycam=hycam)
         model = load_backbone(
             backbone, dtype=dtype, attn_implementation=attn_implementation, init_seed=init_seed
         )
         self.model = self.method.apply(model)
+        if adapter is not None:
+            load_initial_adapter(self.model, adapter)
         if activation_checkpointing:
             reentrant = activation_checkpointing == "reentrant"
             self.model.gradient_checkpointing_enable(
@@ -160,6 +184,11 @@ class MultiTaskLM(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # One hook logs the counter: logged from both training_step and the optimizer closure, Lightning
+        # keeps two entries under one name and reports whichever it reads last (a stale value).
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=batch["input_ids"].shape[0])
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if (
             self._pending_rng_state is not None
@@ -176,6 +205,8 @@ class MultiTaskLM(L.LightningModule):
 
         def closure_with_check():
             loss = optimizer_closure() if optimizer_closure is not None else None
+            if loss is None:  # training_step skipped a non-finite loss: no gradients, keep the streak
+                return loss
             finite = all(
                 torch.isfinite(p.grad).all()
                 for group in optimizer.param_groups
@@ -194,7 +225,6 @@ class MultiTaskLM(L.LightningModule):
     def _record_nonfinite(self, what: str) -> None:
         self.nonfinite_steps += 1
         self.nonfinite_in_a_row += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         limit = self.hparams.max_nonfinite_steps
         if self.nonfinite_in_a_row >= limit:
             last_good = _last_checkpoint(self.trainer)
