@@ -8,6 +8,7 @@ from hycam_pl.modulation import (
     count_parameters,
     detach,
     load_adapter,
+    read_adapter_config,
     routing_statistics,
     save_adapter,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "count_parameters",
     "detach",
     "load_adapter",
+    "read_adapter_config",
     "routing_statistics",
     "save_adapter",
 ]

@@ -19,5 +19,6 @@ def heatmap_image(matrix: torch.Tensor, cell: int = 16, vmin: float = 0.0, vmax:
     frac = (scaled - low).unsqueeze(-1)
     colours = _VIRIDIS[low] * (1 - frac) + _VIRIDIS[low + 1] * frac
     colours[nan] = 128.0
-    image = colours.permute(2, 0, 1).repeat_interleave(cell, 1).repeat_interleave(cell, 2)
-    return image.round().to(torch.uint8)
+    # Round the (rows, cols, 3) colours before enlarging: cheaper than rounding every pixel.
+    small = colours.round().to(torch.uint8).permute(2, 0, 1)
+    return small.repeat_interleave(cell, 1).repeat_interleave(cell, 2).contiguous()

@@ -4,30 +4,38 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 
 from hycam_pl.callbacks.heatmap import heatmap_image
-from hycam_pl.modulation import balance_loss, is_attached, routing_statistics
+from hycam_pl.modulation import LayerRouting, find_state, routing_statistics
 
 log = logging.getLogger(__name__)
 
+HISTOGRAM_BINS = 50
+
 
 class RoutingTelemetry(L.Callback):
-    """Logs, every ``every_n_steps`` training steps and for every modulated layer:
+    """Logs, every ``every_n_steps`` optimizer steps, over the training tokens seen since the previous log:
 
     - ``router/layer_<i>/load/expert_<k>`` (fraction of tokens), ``router/layer_<i>/entropy`` (mean per-token
-      router entropy), ``router/layer_<i>/load_entropy`` (entropy of the mean load);
-    - model-wide ``router/entropy``, ``router/load_entropy``, ``router/max_load``, ``router/balance_loss``;
-    - ``router/task/<task>/expert_<k>``: the task x expert usage since the last log, from the batches' task ids;
-    - histograms ``router/layer_<i>/probs`` of the router probabilities of real tokens;
+      router entropy, nats), ``router/layer_<i>/load_entropy`` (entropy of the mean load);
+    - model-wide ``router/entropy``, ``router/load_entropy`` (means over layers), ``router/max_load`` and
+      ``router/balance_loss`` (``L_bal`` of the window's pooled tokens, same scaling as the training loss);
+    - ``router/task/<task>/expert_<k>``: the task x expert usage, from the batches' ``task_ids``;
+    - histograms ``router/layer_<i>/probs`` of the router probabilities of the last batch's real tokens (rank 0's);
     - images ``router/layer_expert_load`` and ``router/task_expert_usage`` (heatmaps, 0 to 1).
 
-    Warns when one expert takes more than ``collapse_share`` of a layer's tokens for ``collapse_patience``
-    consecutive logs. Between logs the only per-step work is adding each batch's per-sequence loads into a
-    small task x expert matrix on the device (no host synchronisation).
+    Why a window and not the last batch: one batch is a noisy sample, and ``collapse`` (one expert taking more
+    than ``collapse_share`` of a layer's tokens for ``collapse_patience`` consecutive logs, then a warning)
+    should not fire on it. Between logs the only per-step work is a few small in-place adds on the device (no
+    host synchronisation). Under DDP every rank accumulates its own tokens; at a log step the window is summed
+    over ranks with one collective and rank 0 logs. Steps follow Lightning's ``self.log`` axis, so with
+    ``every_n_steps == log_every_n_steps`` the router points share x values with ``train/loss``. Models without
+    a router (``method: full``, plain CAM) are skipped silently.
     """
 
     def __init__(
@@ -42,90 +50,175 @@ class RoutingTelemetry(L.Callback):
             raise ValueError(f"RoutingTelemetry.every_n_steps={every_n_steps} must be >= 1")
         if not 0 < collapse_share <= 1:
             raise ValueError(f"RoutingTelemetry.collapse_share={collapse_share} must be in (0, 1]")
+        if collapse_patience < 1:
+            raise ValueError(f"RoutingTelemetry.collapse_patience={collapse_patience} must be >= 1")
         self.every_n_steps = every_n_steps
         self.histograms = histograms
         self.images = images
         self.collapse_share = collapse_share
         self.collapse_patience = collapse_patience
-        self._usage: torch.Tensor | None = None
-        self._usage_tokens: torch.Tensor | None = None
+        self._window: dict[str, torch.Tensor] | None = None
+        self._layers: list[int] = []
+        self._task_names: list[str] = []
+        self._seen_step: int | None = None
         self._collapsed_for: dict[int, int] = {}
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._window = None
+        self._seen_step = trainer.global_step
+        self._collapsed_for = {}
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        model = getattr(pl_module, "model", None)
-        if model is None or not is_attached(model):
+        if find_state(pl_module, required=False) is None:
             return
-        stats = routing_statistics(model)
+        stats = routing_statistics(pl_module)
         if not stats:
             return
-        self._accumulate_usage(stats, batch, trainer)
-        if trainer.global_step % self.every_n_steps != 0 or not trainer.is_global_zero:
+        self.accumulate(stats, batch, _task_names(trainer))
+        # Log once per optimizer step (not once per accumulated micro-batch), on Lightning's cadence.
+        stepped = trainer.global_step != self._seen_step
+        self._seen_step = trainer.global_step
+        if not stepped or trainer.global_step % self.every_n_steps != 0:
             return
-        self.log_routing(trainer, model, stats, trainer.global_step)
+        window = self._reduced_window(trainer)
+        if trainer.is_global_zero:
+            self.log_routing(trainer, pl_module, stats, window, step=_logging_step(trainer))
+        self._window = None
 
-    def _accumulate_usage(self, stats: dict, batch: Any, trainer: L.Trainer) -> None:
-        task_ids = batch.get("task_ids") if isinstance(batch, dict) else None
-        if task_ids is None:
+    # ----------------------------------------------------------------------------------- accumulation
+    def accumulate(self, stats: Mapping[int, LayerRouting], batch: Any, task_names: Sequence[str]) -> None:
+        """Add one forward's routing statistics to the window (device tensors only, no host sync)."""
+        layers = sorted(stats)
+        first = stats[layers[0]]
+        num_experts = first.gate_sum.shape[-1]
+        if self._window is None or self._layers != layers or self._task_names != list(task_names):
+            zeros = first.gate_sum.new_zeros
+            self._layers, self._task_names = layers, list(task_names)
+            self._window = {
+                "gate": zeros(len(layers), num_experts),
+                "prob": zeros(len(layers), num_experts),
+                "entropy": zeros(len(layers)),
+                "tokens": zeros(len(layers)),
+                "usage": zeros(len(task_names), num_experts),
+                "usage_tokens": zeros(len(task_names)),
+            }
+        window = self._window
+        per_layer = [stats[i] for i in layers]
+        dtype = window["gate"].dtype
+        window["gate"] += torch.stack([s.gate_sum for s in per_layer]).to(dtype)
+        window["prob"] += torch.stack([s.prob_sum for s in per_layer]).to(dtype)
+        window["entropy"] += torch.stack([s.entropy_sum for s in per_layer]).to(dtype)
+        window["tokens"] += torch.stack([s.tokens for s in per_layer]).to(dtype)
+        task_ids = batch.get("task_ids") if isinstance(batch, Mapping) else None
+        if task_ids is None or not task_names:
             return
-        num_tasks = len(trainer.datamodule.task_names)
-        first = next(iter(stats.values()))
-        gate = torch.stack([s.example_gate_sum for s in stats.values()]).sum(0)  # (B, K) over layers
-        tokens = torch.stack([s.example_tokens for s in stats.values()]).sum(0)  # (B,)
-        if self._usage is None or self._usage.shape != (num_tasks, gate.shape[1]):
-            self._usage = first.gate_sum.new_zeros(num_tasks, gate.shape[1])
-            self._usage_tokens = first.gate_sum.new_zeros(num_tasks)
-        ids = task_ids.to(gate.device)
-        self._usage.index_add_(0, ids, gate.to(self._usage.dtype))
-        self._usage_tokens.index_add_(0, ids, tokens.to(self._usage.dtype))
+        gate = torch.stack([s.example_gate_sum for s in per_layer]).sum(0)  # (B, K) summed over layers
+        tokens = torch.stack([s.example_tokens for s in per_layer]).sum(0)  # (B,)
+        ids = task_ids.to(device=gate.device, dtype=torch.long)
+        window["usage"].index_add_(0, ids, gate.to(dtype))
+        window["usage_tokens"].index_add_(0, ids, tokens.to(dtype))
 
-    def log_routing(self, trainer: L.Trainer, model: torch.nn.Module, stats: dict, step: int) -> None:
-        writer = trainer.logger.experiment if trainer.logger is not None else None
-        scalars: dict[str, float] = {}
-        loads = []
-        for index, layer in sorted(stats.items()):
-            load = layer.load.float().cpu()
-            loads.append(load)
-            for k, value in enumerate(load.tolist()):
-                scalars[f"router/layer_{index}/load/expert_{k}"] = value
-            scalars[f"router/layer_{index}/entropy"] = float(layer.entropy)
-            scalars[f"router/layer_{index}/load_entropy"] = float(layer.load_entropy)
-            self._check_collapse(index, load, step)
-        load_matrix = torch.stack(loads)
-        scalars["router/entropy"] = sum(scalars[f"router/layer_{i}/entropy"] for i in stats) / len(stats)
-        scalars["router/load_entropy"] = sum(scalars[f"router/layer_{i}/load_entropy"] for i in stats) / len(
-            stats
-        )
-        scalars["router/max_load"] = float(load_matrix.max())
-        scalars["router/balance_loss"] = float(balance_loss(model).detach())
-        usage = None
-        if self._usage is not None:
-            usage = (self._usage / self._usage_tokens.clamp_min(1).unsqueeze(-1)).cpu()
-            usage[self._usage_tokens.cpu() == 0] = math.nan
-            names = trainer.datamodule.task_names
-            for t, name in enumerate(names):
-                if not math.isnan(float(usage[t, 0])):
-                    for k, value in enumerate(usage[t].tolist()):
-                        scalars[f"router/task/{name}/expert_{k}"] = value
-            self._usage.zero_()
-            self._usage_tokens.zero_()
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(scalars, step=step)
-        if writer is None or not hasattr(writer, "add_histogram"):
-            return
+    def _reduced_window(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
+        """The window summed over ranks (one collective on a flat tensor; every rank must call it)."""
+        assert self._window is not None
+        names = list(self._window)
+        if trainer.world_size > 1:
+            flat = torch.cat([self._window[n].flatten() for n in names])
+            flat = trainer.strategy.reduce(flat, reduce_op="sum")
+            parts = flat.split([self._window[n].numel() for n in names])
+            return {n: part.view_as(self._window[n]) for n, part in zip(names, parts)}
+        return dict(self._window)
+
+    # ---------------------------------------------------------------------------------------- logging
+    def log_routing(
+        self,
+        trainer: L.Trainer,
+        pl_module: torch.nn.Module,
+        stats: Mapping[int, LayerRouting],
+        window: Mapping[str, torch.Tensor],
+        step: int,
+    ) -> dict[str, float]:
+        """Write the window's scalars, histograms and heatmaps to every logger; return the scalars."""
+        tensors = dict(window)
         if self.histograms:
-            for index, layer in sorted(stats.items()):
-                probs = layer.probs if layer.token_mask is None else layer.probs[layer.token_mask]
-                writer.add_histogram(f"router/layer_{index}/probs", probs.float().cpu(), step)
-        if self.images:
-            writer.add_image("router/layer_expert_load", heatmap_image(load_matrix), step, dataformats="CHW")
-            if usage is not None:
-                writer.add_image("router/task_expert_usage", heatmap_image(usage), step, dataformats="CHW")
+            tensors["histograms"] = self._histograms(stats)
+        host = _to_host(tensors)  # the one device-to-host copy of a log step
+        tokens = host["tokens"].clamp_min(1)
+        load = host["gate"] / tokens.unsqueeze(-1)  # (L, K)
+        entropy = host["entropy"] / tokens
+        load_entropy = -torch.special.xlogy(load, load).sum(-1)
+        scalars: dict[str, float] = {}
+        for row, index in enumerate(self._layers):
+            for k, value in enumerate(load[row].tolist()):
+                scalars[f"router/layer_{index}/load/expert_{k}"] = value
+            scalars[f"router/layer_{index}/entropy"] = float(entropy[row])
+            scalars[f"router/layer_{index}/load_entropy"] = float(load_entropy[row])
+            self._check_collapse(index, load[row], step)
+        scalars["router/entropy"] = float(entropy.mean())
+        scalars["router/load_entropy"] = float(load_entropy.mean())
+        scalars["router/max_load"] = float(load.max())
+        scalars["router/balance_loss"] = self._balance_loss(pl_module, host)
+        seen = host["usage_tokens"] > 0  # tasks absent from the window get no point (NaN in the heatmap)
+        usage = host["usage"] / host["usage_tokens"].clamp_min(1).unsqueeze(-1)
+        usage[~seen] = math.nan
+        for t, name in enumerate(self._task_names):
+            if seen[t]:
+                for k, value in enumerate(usage[t].tolist()):
+                    scalars[f"router/task/{name}/expert_{k}"] = value
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+            writer = getattr(logger, "experiment", None)
+            if self.histograms and hasattr(writer, "add_histogram_raw"):
+                for row, index in enumerate(self._layers):
+                    _write_histogram(writer, f"router/layer_{index}/probs", host["histograms"][row], step)
+            if self.images and hasattr(writer, "add_image"):
+                writer.add_image("router/layer_expert_load", heatmap_image(load), step, dataformats="CHW")
+                if bool(seen.any()):
+                    writer.add_image(
+                        "router/task_expert_usage", heatmap_image(usage), step, dataformats="CHW"
+                    )
+        return scalars
+
+    @staticmethod
+    def _histograms(stats: Mapping[int, LayerRouting]) -> torch.Tensor:
+        """Per layer ``[min, max, sum, sum of squares, counts of HISTOGRAM_BINS equal bins on [0, 1]]`` of the
+        last batch's router probabilities over real tokens, computed on the device.
+
+        Why not ``add_histogram``: it copies every token's probabilities to the host and bins them with numpy
+        (the bulk of a log step's time); probabilities live in [0, 1], so fixed bins lose nothing.
+        """
+        rows = []
+        for index in sorted(stats):
+            layer = stats[index]
+            probs = layer.probs.detach().float()
+            if layer.token_mask is None:
+                weight = torch.ones_like(probs)
+            else:
+                weight = layer.token_mask.to(probs.dtype).unsqueeze(-1).expand_as(probs)
+            bucket = (probs * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)
+            counts = probs.new_zeros(HISTOGRAM_BINS).index_add_(0, bucket.flatten(), weight.flatten())
+            real = weight > 0
+            low = torch.where(real, probs, probs.new_tensor(math.inf)).min()
+            high = torch.where(real, probs, probs.new_tensor(-math.inf)).max()
+            moments = torch.stack([low, high, (probs * weight).sum(), (probs * probs * weight).sum()])
+            rows.append(torch.cat([moments, counts]))
+        return torch.stack(rows)
+
+    def _balance_loss(self, pl_module: torch.nn.Module, host: Mapping[str, torch.Tensor]) -> float:
+        """``sum_k mean(g_k) * mean(p_k)`` over the window's tokens of all layers (METHOD.md §3)."""
+        state = find_state(pl_module)
+        total = host["tokens"].sum().clamp_min(1)
+        value = float(((host["gate"].sum(0) / total) * (host["prob"].sum(0) / total)).sum())
+        return value * host["gate"].shape[-1] if state.config.balance_scale_by_experts else value
 
     def _check_collapse(self, layer: int, load: torch.Tensor, step: int) -> None:
+        if load.numel() < 2:  # a single expert always takes everything: nothing to warn about
+            return
         share, expert = float(load.max()), int(load.argmax())
-        if share > self.collapse_share:
+        if share >= self.collapse_share:
             self._collapsed_for[layer] = self._collapsed_for.get(layer, 0) + 1
             if self._collapsed_for[layer] == self.collapse_patience:
                 log.warning(
@@ -139,3 +232,43 @@ class RoutingTelemetry(L.Callback):
                 )
         else:
             self._collapsed_for[layer] = 0
+
+
+def _task_names(trainer: L.Trainer) -> list[str]:
+    """Task names in task-id order from the datamodule, or none (then no per-task usage is logged)."""
+    names = getattr(getattr(trainer, "datamodule", None), "task_names", None)
+    return list(names) if names else []
+
+
+def _logging_step(trainer: L.Trainer) -> int:
+    """The x value Lightning gives ``self.log`` metrics of this batch (as ``LearningRateMonitor`` does)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return int(getattr(loop, "_batches_that_stepped", trainer.global_step - 1))
+
+
+def _to_host(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy several small device tensors to the host in one transfer (one synchronisation, not one each)."""
+    names = list(tensors)
+    flat = torch.cat([tensors[n].detach().float().flatten() for n in names]).cpu().double()  # MPS has no f64
+    parts = flat.split([tensors[n].numel() for n in names])
+    return {n: part.view(tensors[n].shape) for n, part in zip(names, parts)}
+
+
+def _write_histogram(writer: Any, tag: str, row: torch.Tensor, step: int) -> None:
+    """One ``[min, max, sum, sum_sq, counts...]`` row as a TensorBoard histogram (skipped without tokens)."""
+    counts = row[4:]
+    num = float(counts.sum())
+    if num == 0:
+        return
+    limits = torch.linspace(0, 1, HISTOGRAM_BINS + 1)[1:]
+    writer.add_histogram_raw(
+        tag,
+        min=float(row[0]),
+        max=float(row[1]),
+        num=num,
+        sum=float(row[2]),
+        sum_squares=float(row[3]),
+        bucket_limits=limits.tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )

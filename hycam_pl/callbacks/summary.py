@@ -6,6 +6,7 @@ import lightning as L
 
 
 def format_summary(counts: dict[str, dict[str, int]]) -> str:
+    """A Markdown table: the shared CAM dominates HyCAM's size (METHOD.md §4), so show it per component."""
     lines = ["| component | trainable | frozen |", "|---|---:|---:|"]
     for name, values in counts.items():
         lines.append(f"| {name} | {values['trainable']:,} | {values['frozen']:,} |")
@@ -22,8 +23,7 @@ class ComponentSummary(L.Callback):
         counts = method.summary(pl_module.model)
         table = format_summary(counts)
         print(f"\nhycam_pl model summary ({method.name}):\n{table}\n")
-        logger = trainer.logger
-        if logger is not None:
+        for logger in trainer.loggers:
             logger.log_metrics(
                 {
                     f"model/params/{name}/{kind}": float(v)

@@ -190,9 +190,8 @@ class MultiTaskLM(L.LightningModule):
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=batch["input_ids"].shape[0])
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if (
-            self._pending_rng_state is not None
-        ):  # resuming: continue the random stream exactly where it stopped
+        # Resuming: continue the random stream (Gumbel noise) exactly where the interrupted run stopped.
+        if self._pending_rng_state is not None:
             torch.set_rng_state(self._pending_rng_state["cpu"])
             if torch.cuda.is_available() and self._pending_rng_state.get("cuda") is not None:
                 torch.cuda.set_rng_state_all(self._pending_rng_state["cuda"])
@@ -207,12 +206,11 @@ class MultiTaskLM(L.LightningModule):
             loss = optimizer_closure() if optimizer_closure is not None else None
             if loss is None:  # training_step skipped a non-finite loss: no gradients, keep the streak
                 return loss
-            finite = all(
-                torch.isfinite(p.grad).all()
-                for group in optimizer.param_groups
-                for p in group["params"]
-                if p.grad is not None
-            )
+            grads = [
+                p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+            ]
+            # One host synchronisation for all tensors, not one per parameter.
+            finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 self._record_nonfinite("gradient")
@@ -342,8 +340,14 @@ class MultiTaskLM(L.LightningModule):
         path = self.hparams.predict_output or (
             os.path.join(self.run_dir(), "predictions.jsonl") if self.run_dir() else "predictions.jsonl"
         )
-        _write_jsonl_atomic(Path(path), self._predictions)
-        print(f"Wrote {len(self._predictions)} predictions to {path}")
+        records = self._predictions
+        if self.trainer.world_size > 1:  # each rank predicted a shard; rank 0 writes them all
+            parts: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, records)
+            records = [record for part in parts for record in part]
+        if self.trainer.is_global_zero:
+            _write_jsonl_atomic(Path(path), records)
+            print(f"Wrote {len(records)} predictions to {path}")
         self._predictions = []
 
     # ------------------------------------------------------------------------------------- optimisation

@@ -77,7 +77,9 @@ def test_balance_loss_gradient_is_exact_under_checkpointing(checkpointing):
 
 
 @pytest.mark.parametrize("checkpointing", ["reentrant", "non_reentrant"])
-@pytest.mark.parametrize("family,apply_to", [("llama", "attention_output"), ("gemma2", "residual_sum"), ("qwen3", "residual_sum")])
+@pytest.mark.parametrize(
+    "family,apply_to", [("llama", "attention_output"), ("gemma2", "residual_sum"), ("qwen3", "residual_sum")]
+)
 def test_checkpointing_gives_the_same_total_gradient(checkpointing, family, apply_to):
     input_ids, mask = batch()
     results = []

@@ -1,0 +1,182 @@
+"""``RoutingTelemetry`` against real routing: a pinned (collapsed / uniform) router, windows, accumulation."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+from hycam_pl.callbacks import RoutingTelemetry
+from hycam_pl.modulation import balance_loss, routing_statistics
+from tests.evaluation.helpers import TASK_NAMES, TinyData, TinyLM, read_events, scalar_series, tiny_trainer
+
+K = 4
+LAYERS = (0, 1)
+
+
+class RoutingSpy(L.Callback):
+    """Keeps each training batch's routing statistics and ``L_bal``, as the library reports them."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, Any]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        stats = routing_statistics(pl_module.model)
+        with torch.no_grad():
+            aux = float(balance_loss(pl_module.model))
+        self.batches.append(
+            {
+                "global_step": trainer.global_step,
+                "gate": {i: s.gate_sum.clone() for i, s in stats.items()},
+                "tokens": {i: float(s.tokens) for i, s in stats.items()},
+                "balance_loss": aux,
+            }
+        )
+
+
+def fit(tmp_path, module: L.LightningModule, telemetry: RoutingTelemetry, num_batches: int = 4, **kwargs):
+    spy = RoutingSpy()
+    trainer = tiny_trainer(tmp_path, [telemetry, spy], max_steps=num_batches, **kwargs)
+    trainer.fit(module, datamodule=TinyData(num_batches * kwargs.get("accumulate_grad_batches", 1)))
+    return scalar_series(read_events(tmp_path / "tiny" / "version_0")), spy
+
+
+def test_collapsed_router_logs_full_load_zero_entropy_and_warns_after_patience(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="hycam_pl.callbacks.routing")
+    telemetry = RoutingTelemetry(every_n_steps=1, collapse_patience=3)
+    scalars, _ = fit(tmp_path, TinyLM(router_bias=[30.0, 0.0, 0.0, 0.0]), telemetry, num_batches=4)
+
+    steps = [0, 1, 2, 3]  # Lightning's step axis: the same x values as ``train/loss``
+    assert sorted(scalars["router/entropy"]) == steps == sorted(scalars["train/loss"])
+    for i in LAYERS:
+        for step in steps:
+            assert scalars[f"router/layer_{i}/load/expert_0"][step] == pytest.approx(1.0, abs=1e-6)
+            for k in range(1, K):
+                assert scalars[f"router/layer_{i}/load/expert_{k}"][step] == pytest.approx(0.0, abs=1e-6)
+            assert scalars[f"router/layer_{i}/entropy"][step] == pytest.approx(0.0, abs=1e-6)
+            assert scalars[f"router/layer_{i}/load_entropy"][step] == pytest.approx(0.0, abs=1e-6)
+    assert all(v == pytest.approx(1.0, abs=1e-6) for v in scalars["router/max_load"].values())
+    assert all(v == pytest.approx(1.0, abs=1e-5) for v in scalars["router/balance_loss"].values())
+    for name in TASK_NAMES:  # every task also uses only expert 0
+        assert all(
+            v == pytest.approx(1.0, abs=1e-6) for v in scalars[f"router/task/{name}/expert_0"].values()
+        )
+
+    warnings = [r.getMessage() for r in caplog.records if "router collapse" in r.getMessage()]
+    assert len(warnings) == len(LAYERS)  # once per layer when patience is reached, not again at the 4th log
+    for i, message in zip(LAYERS, warnings):
+        assert f"layer {i} sent 100% of tokens to expert 0" in message
+        assert "(step 2)" in message  # the third consecutive log
+
+
+def test_collapse_warning_waits_for_patience(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="hycam_pl.callbacks.routing")
+    fit(tmp_path, TinyLM(router_bias=[30.0, 0, 0, 0]), RoutingTelemetry(every_n_steps=1, collapse_patience=5))
+    assert not [r for r in caplog.records if "router collapse" in r.getMessage()]
+
+
+def test_uniform_router_has_entropy_log_k_and_minimal_balance_loss(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="hycam_pl.callbacks.routing")
+    scalars, _ = fit(tmp_path, TinyLM(router_bias=[0.0] * K), RoutingTelemetry(every_n_steps=1))
+    for i in LAYERS:
+        for step, value in scalars[f"router/layer_{i}/entropy"].items():
+            assert value == pytest.approx(math.log(K), rel=1e-5)
+            loads = [scalars[f"router/layer_{i}/load/expert_{k}"][step] for k in range(K)]
+            assert sum(loads) == pytest.approx(1.0, abs=1e-5)
+            assert max(loads) < 0.9  # hard Gumbel samples spread tokens over the experts
+    assert all(v == pytest.approx(math.log(K), rel=1e-5) for v in scalars["router/entropy"].values())
+    # sum_k mean(g_k) * 1/K = 1/K whatever the sampled gates: the minimum of L_bal
+    assert all(v == pytest.approx(1 / K, rel=1e-5) for v in scalars["router/balance_loss"].values())
+    assert not [r for r in caplog.records if "router collapse" in r.getMessage()]
+
+
+def test_window_pools_every_batch_since_the_last_log(tmp_path):
+    """Logged loads are the token-weighted mean over the window's batches, not the last batch's."""
+    scalars, spy = fit(tmp_path, TinyLM(seed=1), RoutingTelemetry(every_n_steps=2), num_batches=4)
+    assert sorted(scalars["router/entropy"]) == [1, 3]  # logged at global steps 2 and 4
+    for step, window in ((1, spy.batches[0:2]), (3, spy.batches[2:4])):
+        gates = torch.stack([torch.stack([b["gate"][i] for b in window]).sum(0) for i in LAYERS])
+        tokens = torch.tensor([sum(b["tokens"][i] for b in window) for i in LAYERS])
+        load = gates / tokens.unsqueeze(-1)
+        for row, i in enumerate(LAYERS):
+            got = [scalars[f"router/layer_{i}/load/expert_{k}"][step] for k in range(K)]
+            assert got == pytest.approx(load[row].tolist(), abs=1e-6)
+        total = tokens.sum()
+        expected = float((gates.sum(0) / total).sum())  # sanity: gates of a window sum to its tokens
+        assert expected == pytest.approx(1.0, abs=1e-5)
+
+
+def test_one_batch_window_balance_loss_matches_the_training_loss_term(tmp_path):
+    scalars, spy = fit(tmp_path, TinyLM(seed=2), RoutingTelemetry(every_n_steps=1), num_batches=3)
+    for step, batch in enumerate(spy.batches):
+        assert scalars["router/balance_loss"][step] == pytest.approx(batch["balance_loss"], rel=1e-5)
+
+
+def test_gradient_accumulation_logs_once_per_optimizer_step(tmp_path):
+    scalars, spy = fit(
+        tmp_path, TinyLM(seed=3), RoutingTelemetry(every_n_steps=1), num_batches=3, accumulate_grad_batches=2
+    )
+    assert len(spy.batches) == 6
+    assert sorted(scalars["router/entropy"]) == [0, 1, 2]
+    # each point pools both micro-batches of its optimizer step
+    for step in range(3):
+        window = spy.batches[2 * step : 2 * step + 2]
+        gate = sum(b["gate"][0] for b in window)
+        tokens = sum(b["tokens"][0] for b in window)
+        got = [scalars[f"router/layer_0/load/expert_{k}"][step] for k in range(K)]
+        assert got == pytest.approx((gate / tokens).tolist(), abs=1e-6)
+
+
+def test_histograms_and_heatmaps_describe_real_tokens(tmp_path):
+    fit(tmp_path, TinyLM(router_bias=[30.0, 0, 0, 0]), RoutingTelemetry(every_n_steps=2), num_batches=2)
+    events = read_events(tmp_path / "tiny" / "version_0")
+    batch = TinyData(2).batches[1]
+    real_tokens = int(batch["attention_mask"].sum())
+    for i in LAYERS:
+        (histogram,) = events.Histograms(f"router/layer_{i}/probs")
+        value = histogram.histogram_value
+        assert value.num == real_tokens * K  # padding excluded; one probability per token and expert
+        assert value.min >= 0 and value.max == pytest.approx(1.0)
+        assert value.bucket[-1] == real_tokens and value.bucket[0] == real_tokens * (K - 1)
+    (load_image,) = events.Images("router/layer_expert_load")
+    assert (load_image.height, load_image.width) == (16 * len(LAYERS), 16 * K)
+    (usage_image,) = events.Images("router/task_expert_usage")
+    assert (usage_image.height, usage_image.width) == (16 * len(TASK_NAMES), 16 * K)
+
+
+@pytest.mark.parametrize("num_experts", [None, 0, 1], ids=["no-adapter", "cam", "one-expert"])
+def test_models_without_a_real_router_do_not_break_training(tmp_path, caplog, num_experts):
+    caplog.set_level(logging.WARNING, logger="hycam_pl.callbacks.routing")
+    trainer = tiny_trainer(tmp_path, [RoutingTelemetry(every_n_steps=1, collapse_patience=1)], max_steps=2)
+    trainer.fit(TinyLM(num_experts=num_experts), datamodule=TinyData(2))
+    scalars = scalar_series(read_events(tmp_path / "tiny" / "version_0"))
+    assert "train/loss" in scalars
+    router_tags = [tag for tag in scalars if tag.startswith("router/")]
+    if num_experts == 1:  # a single expert takes every token by construction: logged, never a "collapse"
+        assert scalars["router/layer_0/load/expert_0"] == {0: pytest.approx(1.0), 1: pytest.approx(1.0)}
+    else:
+        assert router_tags == []
+    assert not [r for r in caplog.records if "router collapse" in r.getMessage()]
+
+
+def test_without_a_datamodule_per_task_usage_is_skipped(tmp_path):
+    trainer = tiny_trainer(tmp_path, [RoutingTelemetry(every_n_steps=1)], max_steps=2)
+    trainer.fit(TinyLM(), train_dataloaders=TinyData(2).train_dataloader())
+    events = read_events(tmp_path / "tiny" / "version_0")
+    tags = events.Tags()
+    assert "router/layer_0/load/expert_0" in tags["scalars"]
+    assert not [tag for tag in tags["scalars"] if tag.startswith("router/task/")]
+    assert tags["images"] == ["router/layer_expert_load"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"every_n_steps": 0}, {"collapse_share": 0.0}, {"collapse_share": 1.5}, {"collapse_patience": 0}],
+)
+def test_invalid_settings_are_rejected(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        RoutingTelemetry(**kwargs)
