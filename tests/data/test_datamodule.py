@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hycam_pl.data import IGNORE_INDEX, DataError, MultiTaskDataModule, TaskConfig
-from tests.data.helpers import AUTO_COT, SYNTHETIC
+from tests.data.helpers import AUTO_COT, SYNTHETIC, requires_auto_cot
 
 
 def synthetic_tasks(num_examples: int = 60) -> list[TaskConfig]:
@@ -174,7 +174,7 @@ def test_lightning_cli_style_config_builds_the_datamodule(tmp_path):
         parser.parse_object({"data": {"tasks": [{"name": "x", "source": "xml", "path": "p"}]}})
 
 
-@pytest.mark.skipif(not AUTO_COT.exists(), reason=f"shared data folder absent: {AUTO_COT} not found")
+@requires_auto_cot
 def test_auto_cot_as_a_task_in_the_datamodule(tmp_path):
     task = TaskConfig(
         name="auto-cot", source="json", path=str(AUTO_COT), max_examples=300, scorer="final_answer"

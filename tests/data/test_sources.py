@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hycam_pl.data import DataError, TaskConfig, load_task_records
-from tests.data.helpers import AUTO_COT, make_records
+from tests.data.helpers import AUTO_COT, make_records, requires_auto_cot
 
 
 def task(path, source="json", **kwargs) -> TaskConfig:
@@ -112,7 +112,7 @@ def test_input_column_optional_unless_mapped(data_write_json):
         load_task_records(task(path, fields={"input": "context"}))
 
 
-@pytest.mark.skipif(not AUTO_COT.exists(), reason=f"shared data folder absent: {AUTO_COT} not found")
+@requires_auto_cot
 def test_auto_cot_loads_as_a_task():
     loaded = load_task_records(TaskConfig(name="auto-cot", source="json", path=str(AUTO_COT)))
     assert len(loaded.records) == 5816 and loaded.skipped == 0
