@@ -9,19 +9,9 @@ from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.modulation import HyCAMConfig
 from hycam_pl.training import MultiTaskLM
 from tests.evaluation.helpers import read_events, tiny_trainer
+from tests.tiny import tiny_byte_llama
 
-BACKBONE = {
-    "model_type": "llama",
-    "vocab_size": 384,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-    "pad_token_id": 0,
-    "tie_word_embeddings": True,
-}
+BACKBONE = tiny_byte_llama()
 
 
 @pytest.mark.parametrize(

@@ -17,18 +17,9 @@ from typing import Any
 
 import yaml
 
-TINY_BACKBONE: dict[str, Any] = {
-    "model_type": "llama",
-    "vocab_size": 384,  # the byte tokenizer's len(tokenizer)
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-    "pad_token_id": 0,
-    "tie_word_embeddings": True,
-}
+from tests.tiny import tiny_byte_llama
+
+TINY_BACKBONE: dict[str, Any] = tiny_byte_llama(hidden_size=64, intermediate_size=128)
 MAX_LENGTH = 256  # the Alpaca prompt alone is ~150 byte tokens
 SYNTHETIC_TASK: dict[str, Any] = {
     "name": "arith",

@@ -15,6 +15,8 @@ def quickstart_run(tmp_path_factory):
     config = tiny_quickstart(tmp)
     fit = run_cli("fit", "-c", str(config), cwd=tmp)
     test = run_cli("test", "-c", str(config), "--ckpt_path", "last", cwd=tmp)
+    validate = run_cli("validate", "-c", str(config), "--ckpt_path", "last", cwd=tmp)
+    assert "val/loss" in validate.stdout and "val/code/ppl" in validate.stdout
     return tmp, fit, test
 
 

@@ -8,18 +8,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from hycam_pl import HyCAMConfig, adapter_state_dict
 from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.training import MultiTaskLM
+from tests.tiny import tiny_byte_llama
 
-BACKBONE = dict(
-    model_type="llama",
-    vocab_size=384,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    pad_token_id=0,
-)
+BACKBONE = tiny_byte_llama(tie_word_embeddings=False)
 MAX_STEPS = 10
 
 
