@@ -57,16 +57,22 @@ class StackedExperts(nn.Module):
         down = x @ self.weight_A.permute(1, 0, 2).reshape(
             d, k * r
         )  # (tokens, K*r), one matmul for all experts
-        down = down.view(-1, k, r).transpose(0, 1)  # (K, tokens, r)
         if self.bias_A is not None:
-            down = down + self.bias_A.unsqueeze(1)
-        mixed = torch.bmm(down, self.weight_N)
-        if self.bias_N is not None:
-            mixed = mixed + self.bias_N.unsqueeze(1)
-        up = torch.bmm(mixed, self.weight_B)
-        if self.bias_B is not None:
-            up = up + self.bias_B.unsqueeze(1)
-        return F.silu(self.scaling * up)
+            down = down + self.bias_A.reshape(-1)
+        # bmm wants each expert's rows contiguous; the copy is only (K, tokens, r) with r small.
+        down = down.view(-1, k, r).transpose(0, 1).contiguous()
+        mixed = (
+            torch.bmm(down, self.weight_N)
+            if self.bias_N is None
+            else torch.baddbmm(self.bias_N.unsqueeze(1), down, self.weight_N)
+        )
+        # s * (mixed B + b) with s folded into the small B and b: one pass over the (K, tokens, d) output.
+        up_weight = self.weight_B * self.scaling
+        if self.bias_B is None:
+            up = torch.bmm(mixed, up_weight)
+        else:
+            up = torch.baddbmm((self.bias_B * self.scaling).unsqueeze(1), mixed, up_weight)
+        return F.silu(up)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, rank={self.rank}, scaling={self.scaling}"
