@@ -33,9 +33,6 @@ class AdaptationMethod:
             [("decay", decay, learning_rate, weight_decay), ("no_decay", no_decay, learning_rate, 0.0)]
         )
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"method": self.name}
-
     def save(self, model: nn.Module, directory: str) -> None:
         """Write what is needed to reuse the trained method without the Lightning checkpoint."""
         model.save_pretrained(directory)

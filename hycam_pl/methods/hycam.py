@@ -53,9 +53,6 @@ class HyCAMMethod(AdaptationMethod):
             specs.append((f"{family}_no_decay", buckets.get((family, False), []), lr, 0.0))
         return _groups(specs)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"method": self.name, **{f"hycam/{k}": v for k, v in self.config.to_dict().items()}}
-
     def save(self, model: nn.Module, directory: str) -> None:
         save_adapter(model, directory)
 

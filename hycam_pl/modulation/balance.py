@@ -38,10 +38,6 @@ class LayerRouting:
         return self.gate_sum / self.tokens.clamp_min(1)
 
     @property
-    def mean_probs(self) -> torch.Tensor:
-        return self.prob_sum / self.tokens.clamp_min(1)
-
-    @property
     def entropy(self) -> torch.Tensor:
         """Mean per-token router entropy in nats (0 = certain, log K = uniform)."""
         return self.entropy_sum / self.tokens.clamp_min(1)
@@ -56,16 +52,26 @@ class LayerRouting:
 @dataclass
 class ForwardRecord:
     token_mask: torch.Tensor | None = None  # (B, T_total) from the caller's attention_mask, or None
+    grad_enabled: bool = False  # whether the forward built a graph (a no_grad forward has nothing to train)
     layers: dict[int, LayerRouting] = field(default_factory=dict)
     anchor: torch.Tensor | None = None  # the decoder's final hidden states (graph-carrying in training)
     upstream: torch.Tensor | None = None  # d(total loss)/d(L_bal), written during backward
+    _totals: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def totals(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gate sums, probability sums and token count pooled over layers; cached once the forward is over."""
+        if self._totals is not None:
+            return self._totals
         stats = list(self.layers.values())
         gate = torch.stack([s.gate_sum for s in stats]).sum(0)
         prob = torch.stack([s.prob_sum for s in stats]).sum(0)
         tokens = torch.stack([s.tokens for s in stats]).sum().clamp_min(1)
         return gate, prob, tokens
+
+    def freeze_totals(self) -> None:
+        """Called when backward starts: every layer has reported, so the pooled totals are final."""
+        self._totals = None
+        self._totals = self.totals()
 
 
 def balance_value(record: ForwardRecord, scale_by_experts: bool) -> torch.Tensor:
@@ -86,8 +92,10 @@ class _BalanceLoss(torch.autograd.Function):
         record: ForwardRecord = ctx.record
         grad = grad.detach()
         record.upstream = grad if record.upstream is None else record.upstream + grad
-        zeros = grad.new_zeros(ctx.anchor_shape)
-        return zeros, None, None
+        record.freeze_totals()
+        # Zeros, not None: the anchor's graph must be traversed so every layer's injection runs, even when the
+        # balance loss is the only loss.
+        return grad.new_zeros(ctx.anchor_shape), None, None
 
 
 class _InjectBalanceGradient(torch.autograd.Function):
@@ -127,9 +135,17 @@ def attach_balance_gradient(
     return _InjectBalanceGradient.apply(output, gate_sum, prob_sum, record, scale_by_experts)
 
 
-def differentiable_balance_loss(record: ForwardRecord, scale_by_experts: bool) -> torch.Tensor:
+def differentiable_balance_loss(
+    record: ForwardRecord, scale_by_experts: bool, training: bool
+) -> torch.Tensor:
     value = balance_value(record, scale_by_experts)
-    anchor = record.anchor
-    if anchor is None or not anchor.requires_grad or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() or not training or not record.grad_enabled:
         return value
+    anchor = record.anchor
+    if anchor is None or not anchor.requires_grad:
+        raise RuntimeError(
+            "HyCAM balance loss: the last forward in training mode produced no graph-carrying decoder output, so "
+            "the balance loss cannot reach the routers (was the model run under no_grad, or its layers called "
+            "directly instead of through the decoder?)"
+        )
     return _BalanceLoss.apply(anchor, value, record)

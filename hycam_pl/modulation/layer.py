@@ -128,7 +128,7 @@ class ContextualModulation(nn.Module):
                 entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
                 if weights is not None:
                     entropy = entropy * weights.squeeze(-1)
-                tokens = weights.sum() if weights is not None else probs.new_tensor(float(probs.shape[0]))
+                tokens = weights.sum() if weights is not None else probs.new_full((), float(probs.shape[0]))
                 per_example = masked_gates.detach().view(batch_size, -1, gates.shape[-1])
                 example_tokens = (
                     weights.view(batch_size, -1).sum(1)
@@ -154,8 +154,13 @@ def _flat_token_mask(
     mask: torch.Tensor | None, leading_shape: torch.Size, layer_index: int
 ) -> torch.Tensor | None:
     """The (B*T,) bool mask of real tokens for this forward's (B, T) hidden states, or None for "all"."""
-    if mask is None or mask.dim() != 2:
+    if mask is None:
         return None
+    if mask.dim() != 2:
+        raise ValueError(
+            f"HyCAM layer {layer_index}: got a {mask.dim()}-D attention_mask; the balance loss and routing statistics "
+            "exclude padding and need the 2-D (batch, length) padding mask (or none, if there is no padding)"
+        )
     batch, length = leading_shape
     if mask.shape[0] != batch or mask.shape[1] < length:
         raise ValueError(

@@ -42,7 +42,9 @@ class ModulationState:
     # Hooks on the module that owns the decoder layers: one record per forward of the decoder.
     def _start_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        self.current = ForwardRecord(token_mask=mask if isinstance(mask, torch.Tensor) else None)
+        self.current = ForwardRecord(
+            token_mask=mask if isinstance(mask, torch.Tensor) else None, grad_enabled=torch.is_grad_enabled()
+        )
 
     def _finish_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         hidden = getattr(output, "last_hidden_state", None)
@@ -215,7 +217,8 @@ def balance_loss(model: nn.Module) -> torch.Tensor:
     if state.config.num_experts == 0 or record is None or not record.layers:
         device = next(model.parameters()).device
         return torch.zeros((), device=device)
-    return differentiable_balance_loss(record, bool(state.config.balance_scale_by_experts))
+    training = any(module.training for module in modulated_layers(model).values())
+    return differentiable_balance_loss(record, bool(state.config.balance_scale_by_experts), training)
 
 
 def routing_statistics(model: nn.Module) -> dict[int, LayerRouting]:

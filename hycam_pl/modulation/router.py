@@ -40,8 +40,14 @@ class GumbelRouter(nn.Module):
         self.eval_routing = eval_routing
 
     def forward(self, x: torch.Tensor) -> Routing:
-        # Routing math runs in float32: softmax over a handful of bf16 logits is needlessly coarse.
-        logits = self.linear(x).float()
+        # Routing runs in float32 even under autocast: the router is tiny, and bf16 logits make argmax ties
+        # and coarse softmax probabilities.
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(
+                x.float(),
+                self.linear.weight.float(),
+                None if self.linear.bias is None else self.linear.bias.float(),
+            )
         probs = logits.softmax(dim=-1)
         if self.training:
             soft = ((logits + gumbel_noise(logits)) / self.tau).softmax(dim=-1)

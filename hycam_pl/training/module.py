@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -16,11 +17,12 @@ from transformers import get_cosine_schedule_with_warmup
 from hycam_pl.backbone import load_backbone
 from hycam_pl.methods import build_method
 from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_table, write_results
-from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics
+from hycam_pl.modulation import HyCAMConfig, balance_loss, is_attached, routing_statistics
 from hycam_pl.training.losses import per_example_nll
-from hycam_pl.training.validation import load_initial_adapter
+from hycam_pl.training.validation import check_tokenizer_fits, load_initial_adapter
 
 CHECKPOINTING = (False, True, "reentrant", "non_reentrant")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,13 +146,7 @@ class MultiTaskLM(L.LightningModule):
         data = self.datamodule
         if data is None:
             return
-        tokenizer = data.tokenizer
-        vocab = self.model.get_input_embeddings().num_embeddings
-        if len(tokenizer) > vocab:
-            raise ValueError(
-                f"data.tokenizer has {len(tokenizer)} tokens but the model.backbone embedding has only {vocab} "
-                "rows; use a matching tokenizer or a larger vocab_size"
-            )
+        check_tokenizer_fits(self.model, data.tokenizer)
         scorers = getattr(data, "scorers", {}) or {}
         if self.val_metrics is None:
             self.val_metrics = TaskMetrics(data.task_names, scorers).to(self.device)
@@ -166,56 +162,59 @@ class MultiTaskLM(L.LightningModule):
         task_loss = nll_sum.sum() / tokens.sum().clamp_min(1)
         return task_loss, nll_sum, tokens
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         task_loss, _, _ = self._losses(batch)
         aux = self.method.auxiliary_loss(self.model)
         loss = task_loss if aux is None else task_loss + aux
         batch_size = batch["input_ids"].shape[0]
-        if not torch.isfinite(loss):
-            self._record_nonfinite("loss")
-            return None  # Lightning skips backward and the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/task_loss", task_loss, batch_size=batch_size)
-        if aux is not None:
-            coef = self.method.config.balance_coef
-            self.log(
-                "train/balance_loss", aux.detach() / coef if coef else aux.detach(), batch_size=batch_size
-            )
+        if is_attached(self.model) and self.method.config.num_experts:
+            self.log("train/balance_loss", balance_loss(self.model).detach(), batch_size=batch_size)
+        for group in self.trainer.optimizers[0].param_groups:
+            self.log(f"train/lr/{group.get('name', 'group')}", group["lr"], batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
+        # A non-finite loss is not skipped here: returning None would desynchronise DDP ranks. Its gradients
+        # are non-finite too (on every rank after the all-reduce), and ``optimizer_step`` skips the update.
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # One hook logs the counter: logged from both training_step and the optimizer closure, Lightning
-        # keeps two entries under one name and reports whichever it reads last (a stale value).
+        # Logged from one hook only: Lightning keeps one entry per hook under a name, so two would go stale.
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=batch["input_ids"].shape[0])
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Resuming: continue the random stream (Gumbel noise) exactly where the interrupted run stopped.
+        # Resuming: continue this rank's random stream (Gumbel noise) exactly where the interrupted run stopped.
         if self._pending_rng_state is not None:
             torch.set_rng_state(self._pending_rng_state["cpu"])
             if torch.cuda.is_available() and self._pending_rng_state.get("cuda") is not None:
-                torch.cuda.set_rng_state_all(self._pending_rng_state["cuda"])
+                torch.cuda.set_rng_state(self._pending_rng_state["cuda"])
             self._pending_rng_state = None
 
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
     ) -> None:
-        """Skip (and count) a step whose gradients are not finite, instead of corrupting the weights."""
+        """Skip (and count) a step whose loss or gradients are not finite, instead of corrupting the weights.
+
+        Under fp16 loss scaling (``precision: 16-mixed``) the GradScaler already skips overflowing steps while
+        it searches for a scale; those are expected, so they are left to it and not counted.
+        """
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            optimizer.step(closure=optimizer_closure)
+            return
 
         def closure_with_check():
             loss = optimizer_closure() if optimizer_closure is not None else None
-            if loss is None:  # training_step skipped a non-finite loss: no gradients, keep the streak
-                return loss
             grads = [
                 p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
             ]
             # One host synchronisation for all tensors, not one per parameter.
             finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
-            if not finite:
-                optimizer.zero_grad(set_to_none=True)
-                self._record_nonfinite("gradient")
-            else:
+            if finite:
                 self.nonfinite_in_a_row = 0
+                return loss
+            optimizer.zero_grad(set_to_none=True)
+            finite_loss = loss is not None and bool(torch.isfinite(torch.as_tensor(loss)).all())
+            self._record_nonfinite("gradient" if finite_loss else "loss")
             return loss
 
         optimizer.step(closure=closure_with_check)
@@ -247,9 +246,10 @@ class MultiTaskLM(L.LightningModule):
         self._evaluate(batch, self.test_metrics, self.test_overall)
 
     def on_validation_epoch_end(self) -> None:
-        self._validations_done += 1
+        if not self.trainer.sanity_checking:
+            self._validations_done += 1
         every = self.generation.every_n_validations
-        if every and self._validations_done % every == 0 and not self.trainer.sanity_checking:
+        if every and not self.trainer.sanity_checking and self._validations_done % every == 0:
             self._score_generations("validate", self.val_metrics)
         self._log_results("val", self.val_metrics, self.val_overall)
 
@@ -275,8 +275,11 @@ class MultiTaskLM(L.LightningModule):
         return results
 
     @torch.no_grad()
-    def generate_batch(self, batch: dict[str, Any]) -> list[str]:
-        """Greedy or sampled continuations of a left-padded prompt batch, decoded without special tokens."""
+    def generate_ids(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy or sampled continuations of a left-padded prompt batch: (prompt + new ids, their mask).
+
+        The mask covers the prompt's real tokens and the new tokens up to and including the first EOS.
+        """
         tokenizer = self.datamodule.tokenizer
         settings = self.generation
         input_ids = batch["input_ids"].to(self.device)
@@ -290,10 +293,24 @@ class MultiTaskLM(L.LightningModule):
         if settings.do_sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+        new = output[:, input_ids.shape[1] :]
+        is_eos = (new == tokenizer.eos_token_id).long()
+        after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0
+        return output, torch.cat([attention_mask, (~after_eos).long()], dim=1)
+
+    def generate_batch(self, batch: dict[str, Any]) -> list[str]:
+        """Decoded continuations (special tokens dropped) of a left-padded prompt batch."""
+        output, _ = self.generate_ids(batch)
+        prompt_length = batch["input_ids"].shape[1]
+        return self.datamodule.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
 
     def _score_generations(self, stage: str, metrics: TaskMetrics) -> None:
         data = self.datamodule
+        if data is None or not hasattr(data, "generation_dataloader"):
+            raise ValueError(
+                f"{stage} with generation scoring needs a MultiTaskDataModule (trainer.{stage}(model, datamodule=...)); "
+                "plain dataloaders carry no prompts and references"
+            )
         loader = data.generation_dataloader(stage)
         was_training = self.model.training
         self.model.eval()
@@ -306,8 +323,12 @@ class MultiTaskLM(L.LightningModule):
     def predict_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> list[dict[str, Any]]:
-        responses = self.generate_batch(batch)
-        routing = self._routing_summaries(batch, responses)
+        output, mask = self.generate_ids(batch)
+        prompt_length = batch["input_ids"].shape[1]
+        responses = self.datamodule.tokenizer.batch_decode(
+            output[:, prompt_length:], skip_special_tokens=True
+        )
+        routing = self._routing_summaries(output, mask)
         records = []
         for i, response in enumerate(responses):
             record = {"task": batch["tasks"][i], "prompt": batch["prompts"][i], "response": response}
@@ -318,22 +339,18 @@ class MultiTaskLM(L.LightningModule):
         return records
 
     @torch.no_grad()
-    def _routing_summaries(self, batch: dict[str, Any], responses: list[str]) -> list[dict[str, Any]] | None:
-        """Per example: the mean expert load over layers for prompt + response, read from one extra forward."""
+    def _routing_summaries(self, ids: torch.Tensor, mask: torch.Tensor) -> list[dict[str, Any]] | None:
+        """Per example: the mean expert load over layers on exactly the generated prompt + response tokens."""
         if not is_attached(self.model) or not self.method.config.num_experts:
             return None
-        tokenizer = self.datamodule.tokenizer
-        texts = [prompt + response for prompt, response in zip(batch["prompts"], responses)]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
-        self.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], use_cache=False)
+        self.model(input_ids=ids, attention_mask=mask, use_cache=False)
         stats = routing_statistics(self.model)
         loads = torch.stack(
             [s.example_gate_sum / s.example_tokens.clamp_min(1).unsqueeze(-1) for s in stats.values()]
         )
-        per_example = loads.mean(0).cpu()
         return [
             {"expert_load": [round(float(v), 4) for v in row], "top_expert": int(row.argmax())}
-            for row in per_example
+            for row in loads.mean(0).cpu()
         ]
 
     def on_predict_epoch_end(self) -> None:
@@ -344,7 +361,8 @@ class MultiTaskLM(L.LightningModule):
         if self.trainer.world_size > 1:  # each rank predicted a shard; rank 0 writes them all
             parts: list[Any] = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(parts, records)
-            records = [record for part in parts for record in part]
+            # Lightning's predict sampler gives rank r the items r, r + W, ...: interleave back to file order.
+            records = [part[i] for i in range(max(map(len, parts))) for part in parts if i < len(part)]
         if self.trainer.is_global_zero:
             _write_jsonl_atomic(Path(path), records)
             print(f"Wrote {len(records)} predictions to {path}")
@@ -370,23 +388,43 @@ class MultiTaskLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        checkpoint["hycam_rng_state"] = {
+        # Every rank's own generator state (each draws its own Gumbel noise); only rank 0 writes the file.
+        state = {
             "cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
+        states = [state]
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            states = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(states, state)
+        checkpoint["hycam_rng_state"] = states
         checkpoint["hycam_counters"] = {
             "nonfinite_steps": self.nonfinite_steps,
             "validations": self._validations_done,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = sorted(self.trainable_keys() - set(checkpoint.get("state_dict", {})))
-        if missing:
+        saved = set(checkpoint.get("state_dict", {}))
+        missing = sorted(self.trainable_keys() - saved)
+        unexpected = sorted(saved - set(self.state_dict()))
+        if missing or unexpected:
             raise ValueError(
                 f"checkpoint does not fit this model: {len(missing)} trainable tensors missing "
-                f"(e.g. {missing[:3]}); was it trained with a different method or hycam config?"
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+                "was it trained with a different method, backbone or hycam config?"
             )
-        self._pending_rng_state = checkpoint.get("hycam_rng_state")
+        states = checkpoint.get("hycam_rng_state")
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        if isinstance(states, list) and len(states) != (
+            self.trainer.world_size if self._trainer is not None else 1
+        ):
+            log.warning(
+                "checkpoint holds random states of %d processes but this run has %d; the Gumbel noise after "
+                "resuming will differ from the interrupted run",
+                len(states),
+                self.trainer.world_size,
+            )
+        self._pending_rng_state = states[rank] if isinstance(states, list) and rank < len(states) else None
         counters = checkpoint.get("hycam_counters", {})
         self.nonfinite_steps = counters.get("nonfinite_steps", 0)
         self._validations_done = counters.get("validations", 0)
@@ -402,9 +440,6 @@ class MultiTaskLM(L.LightningModule):
             return None
         log_dir = trainer.log_dir
         return log_dir if log_dir else trainer.default_root_dir
-
-    def generation_hparams(self) -> dict[str, Any]:
-        return asdict(self.generation)
 
 
 def _last_checkpoint(trainer: L.Trainer) -> str | None:

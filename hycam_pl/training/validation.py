@@ -24,12 +24,12 @@ import hycam_pl
 from hycam_pl.methods import build_method
 from hycam_pl.modulation import HyCAMConfig, find_state, is_attached, load_adapter, read_adapter_config
 from hycam_pl.modulation.model import resolve_layer_indices
+from hycam_pl.modulation.persistence import IDENTITY_FIELDS
 
 EXIT_BAD_INPUT = 2  # bad configuration or data: fix the input, retrying will not help
 EXIT_DIVERGED = 3  # training stopped after too many non-finite steps: resume from a checkpoint with changes
 TRACEBACK_ENV = "HYCAM_TRACEBACK"  # set to 1 to get the full traceback instead of the one-line error
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
-IDENTITY_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
 _PACKAGE_DIR = Path(hycam_pl.__file__).resolve().parent
 
@@ -255,7 +255,12 @@ def preflight(model: Any, datamodule: Any, stage: str = "fit") -> None:
     tokenizer = getattr(datamodule, "tokenizer", None)
     if inner is None or tokenizer is None or not hasattr(inner, "get_input_embeddings"):
         return
-    rows = inner.get_input_embeddings().num_embeddings
+    check_tokenizer_fits(inner, tokenizer)
+
+
+def check_tokenizer_fits(model: nn.Module, tokenizer: Any) -> None:
+    """Token ids beyond the embedding table would fail deep inside torch; say which options disagree."""
+    rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise ValueError(
             f"data.tokenizer has {len(tokenizer)} tokens but the model.backbone embedding has only {rows} "

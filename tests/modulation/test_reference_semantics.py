@@ -159,3 +159,13 @@ def test_collapsed_and_uniform_router_statistics():
             layer.self_attn.hycam.router.linear.bias.zero_()
         model(input_ids=input_ids, attention_mask=mask)
     assert math.isclose(float(routing_statistics(model)[0].entropy), math.log(4), rel_tol=1e-6)
+
+
+def test_a_mask_that_is_not_the_2d_padding_mask_is_refused():
+    """Padding must be excluded from router statistics; a 4-D mask does not say which tokens are padding."""
+    model = attach(tiny_model("llama"), HyCAMConfig(num_experts=2))
+    input_ids, _ = batch()
+    length = input_ids.shape[1]
+    causal = torch.full((length, length), float("-inf")).triu(1).expand(input_ids.shape[0], 1, length, length)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"got a 4-D attention_mask; .*need the 2-D"):
+        model(input_ids=input_ids, attention_mask=causal)
