@@ -12,6 +12,7 @@ import torch
 
 from hycam_pl.callbacks.heatmap import heatmap_image
 from hycam_pl.modulation import LayerRouting, find_state, routing_statistics
+from hycam_pl.modulation.balance import pooled_balance_loss
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +210,10 @@ class RoutingTelemetry(L.Callback):
 
     def _balance_loss(self, pl_module: torch.nn.Module, host: Mapping[str, torch.Tensor]) -> float:
         """``sum_k mean(g_k) * mean(p_k)`` over the window's tokens of all layers (METHOD.md §3)."""
-        state = find_state(pl_module)
-        total = host["tokens"].sum().clamp_min(1)
-        value = float(((host["gate"].sum(0) / total) * (host["prob"].sum(0) / total)).sum())
-        return value * host["gate"].shape[-1] if state.config.balance_scale_by_experts else value
+        scale = bool(find_state(pl_module).config.balance_scale_by_experts)
+        return float(
+            pooled_balance_loss(host["gate"].sum(0), host["prob"].sum(0), host["tokens"].sum(), scale)
+        )
 
     def _check_collapse(self, layer: int, load: torch.Tensor, step: int) -> None:
         if load.numel() < 2:  # a single expert always takes everything: nothing to warn about

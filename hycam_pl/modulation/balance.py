@@ -74,10 +74,17 @@ class ForwardRecord:
         self._totals = self.totals()
 
 
+def pooled_balance_loss(
+    gate_sum: torch.Tensor, prob_sum: torch.Tensor, tokens: torch.Tensor, scale_by_experts: bool
+) -> torch.Tensor:
+    """``sum_k mean_b(g_bk) * mean_b(p_bk)`` from per-expert sums (K,) over ``tokens`` routed tokens."""
+    tokens = tokens.clamp_min(1)
+    value = ((gate_sum / tokens) * (prob_sum / tokens)).sum()
+    return value * gate_sum.numel() if scale_by_experts else value
+
+
 def balance_value(record: ForwardRecord, scale_by_experts: bool) -> torch.Tensor:
-    gate, prob, tokens = record.totals()
-    value = ((gate / tokens) * (prob / tokens)).sum()
-    return value * gate.numel() if scale_by_experts else value
+    return pooled_balance_loss(*record.totals(), scale_by_experts)
 
 
 class _BalanceLoss(torch.autograd.Function):

@@ -55,17 +55,23 @@ class ModulationState:
 
 
 class _InputsRequireGrad:
-    """Makes the embeddings' output require grad while checkpointing, so re-entrant checkpoints of a frozen
-    backbone still backpropagate into the modulation (the same trick as ``enable_input_require_grads``)."""
+    """Makes the embeddings' output require grad under *re-entrant* checkpointing, so re-entrant checkpoints of
+    a frozen backbone still backpropagate into the modulation (the trick of ``enable_input_require_grads``).
+    Non-re-entrant checkpointing does not need it, and is spared the extra backward through frozen layers."""
 
     def __init__(self, first_layer: nn.Module) -> None:
         self.first_layer = first_layer
+
+    def _reentrant(self) -> bool:
+        checkpoint = getattr(self.first_layer, "_gradient_checkpointing_func", None)
+        return bool(getattr(checkpoint, "keywords", {}).get("use_reentrant", True))
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if (
             torch.is_grad_enabled()
             and getattr(self.first_layer, "gradient_checkpointing", False)
             and self.first_layer.training
+            and self._reentrant()
             and output.is_floating_point()
             and not output.requires_grad
         ):
