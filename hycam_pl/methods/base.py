@@ -17,9 +17,9 @@ class AdaptationMethod:
     def apply(self, model: nn.Module) -> nn.Module:
         return model
 
-    def auxiliary_loss(self, model: nn.Module) -> torch.Tensor | None:
-        """A loss to add to the task loss (already weighted), or None."""
-        return None
+    def auxiliary_losses(self, model: nn.Module) -> dict[str, tuple[float, torch.Tensor]]:
+        """Extra losses of the last forward: name -> (weight in the total loss, unweighted value)."""
+        return {}
 
     def parameter_groups(
         self, model: nn.Module, learning_rate: float, weight_decay: float, overrides: dict[str, float]

@@ -29,10 +29,10 @@ class HyCAMMethod(AdaptationMethod):
     def apply(self, model: nn.Module) -> nn.Module:
         return attach(model, self.config)
 
-    def auxiliary_loss(self, model: nn.Module) -> torch.Tensor | None:
+    def auxiliary_losses(self, model: nn.Module) -> dict[str, tuple[float, torch.Tensor]]:
         if not self.config.num_experts:
-            return None
-        return self.config.balance_coef * balance_loss(model)
+            return {}
+        return {"balance_loss": (self.config.balance_coef, balance_loss(model))}
 
     def parameter_groups(
         self, model: nn.Module, learning_rate: float, weight_decay: float, overrides: dict[str, float]

@@ -17,7 +17,7 @@ from transformers import get_cosine_schedule_with_warmup
 from hycam_pl.backbone import load_backbone
 from hycam_pl.methods import build_method
 from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_table, write_results
-from hycam_pl.modulation import HyCAMConfig, balance_loss, is_attached, routing_statistics
+from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics
 from hycam_pl.training.losses import per_example_nll
 from hycam_pl.training.validation import check_tokenizer_fits, load_initial_adapter
 
@@ -164,13 +164,13 @@ class MultiTaskLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         task_loss, _, _ = self._losses(batch)
-        aux = self.method.auxiliary_loss(self.model)
-        loss = task_loss if aux is None else task_loss + aux
         batch_size = batch["input_ids"].shape[0]
+        loss = task_loss
+        for name, (weight, value) in self.method.auxiliary_losses(self.model).items():
+            loss = loss + weight * value
+            self.log(f"train/{name}", value.detach(), batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/task_loss", task_loss, batch_size=batch_size)
-        if is_attached(self.model) and self.method.config.num_experts:
-            self.log("train/balance_loss", balance_loss(self.model).detach(), batch_size=batch_size)
         for group in self.trainer.optimizers[0].param_groups:
             self.log(f"train/lr/{group.get('name', 'group')}", group["lr"], batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
@@ -414,15 +414,15 @@ class MultiTaskLM(L.LightningModule):
                 "was it trained with a different method, backbone or hycam config?"
             )
         states = checkpoint.get("hycam_rng_state")
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        if isinstance(states, list) and len(states) != (
-            self.trainer.world_size if self._trainer is not None else 1
-        ):
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        )
+        if isinstance(states, list) and len(states) != world:
             log.warning(
                 "checkpoint holds random states of %d processes but this run has %d; the Gumbel noise after "
                 "resuming will differ from the interrupted run",
                 len(states),
-                self.trainer.world_size,
+                world,
             )
         self._pending_rng_state = states[rank] if isinstance(states, list) and rank < len(states) else None
         counters = checkpoint.get("hycam_counters", {})
