@@ -13,6 +13,18 @@ from hycam_pl.data.hub import hub_offline, offline_lookups
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def config_from_dict(values: dict[str, Any], option: str = "model.backbone") -> transformers.PretrainedConfig:
+    """A transformers config from ``{model_type: ..., <fields>}``; errors name ``option``."""
+    values = dict(values)
+    model_type = values.pop("model_type", None)
+    if not model_type:
+        raise ValueError(f"{option}: a config dict needs 'model_type' (e.g. llama, qwen2, mistral)")
+    try:
+        return transformers.AutoConfig.for_model(model_type, **values)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{option}: invalid config for model_type {model_type!r}: {error}") from None
+
+
 def load_backbone(
     source: str | dict[str, Any],
     dtype: str = "float32",
@@ -28,14 +40,7 @@ def load_backbone(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if isinstance(source, dict):
-        values = dict(source)
-        model_type = values.pop("model_type", None)
-        if not model_type:
-            raise ValueError(f"{option}: a config dict needs 'model_type' (e.g. llama, qwen2, mistral)")
-        try:
-            config = transformers.AutoConfig.for_model(model_type, **values)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{option}: invalid config for model_type {model_type!r}: {error}") from None
+        config = config_from_dict(source, option)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             model = transformers.AutoModelForCausalLM.from_config(

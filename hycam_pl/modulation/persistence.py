@@ -161,13 +161,19 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def check_base_matches(model: nn.Module, meta: dict[str, Any], directory: str | os.PathLike) -> None:
-    saved, actual = meta["base_model"], base_identity(model)
-    mismatched = [
-        f"{k}: adapter {saved.get(k)!r} vs model {actual[k]!r}"
+def identity_mismatches(saved: dict[str, Any], actual: dict[str, Any], label: str = "model") -> list[str]:
+    """``"<field>: adapter <saved> vs <label> <actual>"`` for each identity field that differs; fields the
+    caller could not determine (None in ``actual``) are not compared."""
+    return [
+        f"{k}: adapter {saved.get(k)!r} vs {label} {actual[k]!r}"
         for k in IDENTITY_FIELDS
-        if saved.get(k) != actual[k]
+        if actual.get(k) is not None and saved.get(k) != actual[k]
     ]
+
+
+def check_base_matches(model: nn.Module, meta: dict[str, Any], directory: str | os.PathLike) -> None:
+    saved = meta["base_model"]
+    mismatched = identity_mismatches(saved, base_identity(model))
     if mismatched:
         raise AdapterError(
             f"adapter {directory} was trained on a different base model ({saved.get('name_or_path') or 'unnamed'}): "

@@ -21,10 +21,11 @@ from typing import Any
 from torch import nn
 
 import hycam_pl
+from hycam_pl.backbone import config_from_dict
 from hycam_pl.methods import build_method
 from hycam_pl.modulation import HyCAMConfig, find_state, is_attached, load_adapter, read_adapter_config
 from hycam_pl.modulation.model import resolve_layer_indices
-from hycam_pl.modulation.persistence import IDENTITY_FIELDS
+from hycam_pl.modulation.persistence import identity_mismatches
 
 EXIT_BAD_INPUT = 2  # bad configuration or data: fix the input, retrying will not help
 EXIT_DIVERGED = 3  # training stopped after too many non-finite steps: resume from a checkpoint with changes
@@ -146,11 +147,7 @@ def check_adapter_option(
         raise type(error)(f"model.adapter: {error}") from None
     if backbone is not None:
         saved = meta["base_model"]
-        mismatched = [
-            f"{key}: adapter {saved.get(key)!r} vs model.backbone {backbone[key]!r}"
-            for key in IDENTITY_FIELDS
-            if backbone.get(key) is not None and saved.get(key) != backbone[key]
-        ]
+        mismatched = identity_mismatches(saved, backbone, "model.backbone")
         if mismatched:
             raise ValueError(
                 f"model.adapter={str(directory)!r} was trained on a different base model "
@@ -209,16 +206,7 @@ def _backbone_config(source: Any) -> dict[str, Any] | None:
 
     source = _plain(source)
     if isinstance(source, Mapping):
-        values = dict(source)
-        model_type = values.pop("model_type", None)
-        if not model_type:
-            raise ValueError("model.backbone: a config dict needs 'model_type' (e.g. llama, qwen2, mistral)")
-        try:
-            config = transformers.AutoConfig.for_model(model_type, **values)
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                f"model.backbone: invalid config for model_type {model_type!r}: {error}"
-            ) from None
+        config = config_from_dict(dict(source))
     elif isinstance(source, str) and source:
         try:
             config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
