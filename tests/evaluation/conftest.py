@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-QUICKSTART = REPO / "configs" / "quickstart.yaml"
+QUICKSTART = REPO / "configs" / "tiny.yaml"
 TASKS = ("arithmetic", "code", "qa", "list_ops")
 METRICS = ("loss", "ppl", "bleu4", "rouge1", "rouge2", "rougeL", "exact_match", "task_score")
 MAX_STEPS = 12
@@ -74,7 +74,7 @@ class TinyRun:
 
 
 def _versions(root: Path) -> set[Path]:
-    return set((root / "runs" / "quickstart").glob("version_*"))
+    return set((root / "runs" / "tiny").glob("version_*"))
 
 
 @pytest.fixture(scope="session")

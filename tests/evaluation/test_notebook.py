@@ -65,11 +65,11 @@ def test_notebook_draws_every_figure_for_the_run(tiny_run: TinyRun, tmp_path, mo
 
 def test_notebook_finds_the_newest_run_by_default(tiny_run: TinyRun, tmp_path, monkeypatch):
     """Without HYCAM_RUN_DIR it looks for ``../runs/*/version_*/adapter`` from its working directory."""
-    shutil.copytree(tiny_run.fit_dir, tmp_path / "runs" / "quickstart" / "version_7")
+    shutil.copytree(tiny_run.fit_dir, tmp_path / "runs" / "tiny" / "version_7")
     (tmp_path / "notebooks").mkdir()
     notebook = execute(tmp_path / "notebooks", monkeypatch)
     assert len(png_outputs(notebook)) == len(FIGURES)
-    assert (tmp_path / "runs" / "quickstart" / "version_7" / "figures" / "loss_per_task.png").is_file()
+    assert (tmp_path / "runs" / "tiny" / "version_7" / "figures" / "loss_per_task.png").is_file()
 
 
 def test_read_adapter_config_is_exported_at_top_level():

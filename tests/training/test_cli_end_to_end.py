@@ -28,13 +28,13 @@ def test_fit_writes_a_checkpoint_with_only_trainable_weights(quickstart_run):
     assert checkpoint["global_step"] == 12
     assert "MultiTaskDataModule" in checkpoint  # the sampler position travels with the checkpoint
     assert checkpoint["optimizer_states"] and checkpoint["lr_schedulers"]
-    adapter = tmp / "runs" / "quickstart" / "version_0" / "adapter"
+    adapter = tmp / "runs" / "tiny" / "version_0" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
 
 
 def test_tensorboard_has_the_training_scalars(quickstart_run):
     tmp, _, _ = quickstart_run
-    values = scalars(tmp / "runs" / "quickstart" / "version_0")
+    values = scalars(tmp / "runs" / "tiny" / "version_0")
     for tag in ("train/loss", "train/balance_loss", "train/lr", "val/loss", "val/ppl"):
         assert tag in values, f"{tag} missing from {sorted(values)}"
     for task in TASKS:
@@ -44,13 +44,13 @@ def test_tensorboard_has_the_training_scalars(quickstart_run):
     assert max(lrs) <= 3e-3 + 1e-9 and lrs[-1] < max(lrs)  # warmup then cosine decay
     first, last = values["train/loss"][0][1], values["train/loss"][-1][1]
     assert last < first  # it learns something in 12 steps
-    hparams = yaml.safe_load((tmp / "runs" / "quickstart" / "version_0" / "hparams.yaml").read_text())
+    hparams = yaml.safe_load((tmp / "runs" / "tiny" / "version_0" / "hparams.yaml").read_text())
     assert hparams["method"] == "hycam" and hparams["hycam"]["num_experts"] == 4
 
 
 def test_test_reports_per_task_metrics(quickstart_run):
     tmp, _, test = quickstart_run
-    run_dir = tmp / "runs" / "quickstart" / "version_1"
+    run_dir = tmp / "runs" / "tiny" / "version_1"
     results = json.loads((run_dir / "results.json").read_text())
     for task in (*TASKS, "macro"):
         for metric in ("loss", "ppl", "bleu4", "rouge1", "rouge2", "rougeL", "exact_match", "task_score"):

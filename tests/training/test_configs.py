@@ -56,7 +56,7 @@ def test_shipped_config_parses(files):
 
 def test_quickstart_interpolation_and_overrides():
     config = print_config(
-        CONFIGS / "quickstart.yaml", overrides=("--model.hycam.num_experts", "8", "--data.max_length", "128")
+        CONFIGS / "tiny.yaml", overrides=("--model.hycam.num_experts", "8", "--data.max_length", "128")
     )
     assert config["model"]["hycam"]["num_experts"] == 8
     assert config["model"]["backbone"]["max_position_embeddings"] == 128  # ${data.max_length}

@@ -13,5 +13,5 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path):
     assert checkpoint["MultiTaskDataModule"]["world_size"] == 2
     assert all(".hycam." in key for key in checkpoint["state_dict"])
     assert (
-        tmp_path / "runs" / "quickstart" / "version_0" / "adapter" / "adapter_model.safetensors"
+        tmp_path / "runs" / "tiny" / "version_0" / "adapter" / "adapter_model.safetensors"
     ).is_file()
