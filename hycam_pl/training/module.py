@@ -34,6 +34,7 @@ class GenerationSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     every_n_validations: int = 0  # 0: generation metrics only in ``test``; N: also every N-th validation
+    rouge_stemmer: bool = True  # ROUGE with the Porter stemmer, as most papers report it
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -149,8 +150,9 @@ class MultiTaskLM(L.LightningModule):
         check_tokenizer_fits(self.model, data.tokenizer)
         scorers = getattr(data, "scorers", {}) or {}
         if self.val_metrics is None:
-            self.val_metrics = TaskMetrics(data.task_names, scorers).to(self.device)
-            self.test_metrics = TaskMetrics(data.task_names, scorers).to(self.device)
+            stemmer = self.generation.rouge_stemmer
+            self.val_metrics = TaskMetrics(data.task_names, scorers, stemmer).to(self.device)
+            self.test_metrics = TaskMetrics(data.task_names, scorers, stemmer).to(self.device)
 
     # ---------------------------------------------------------------------------------------- training
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -269,7 +271,8 @@ class MultiTaskLM(L.LightningModule):
         self.log(f"{prefix}/ppl", float(total["ppl"]), sync_dist=False)
         for task, values in results.items():
             for name, value in values.items():
-                self.log(f"{prefix}/{task}/{name}", float(value), sync_dist=False)
+                if value is not None:  # None: not applicable to this task, nothing to log
+                    self.log(f"{prefix}/{task}/{name}", float(value), sync_dist=False)
         metrics.reset()
         overall.reset()
         return results
