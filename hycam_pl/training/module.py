@@ -135,6 +135,8 @@ class MultiTaskLM(L.LightningModule):
         self.nonfinite_in_a_row = 0
         self._validations_done = 0
         self._pending_rng_state: dict[str, Any] | None = None
+        self._train_rng_state: dict[str, Any] | None = None
+        self._in_train_batch = False
         self._predictions: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------------- setup
@@ -181,14 +183,23 @@ class MultiTaskLM(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Logged from one hook only: Lightning keeps one entry per hook under a name, so two would go stale.
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=batch["input_ids"].shape[0])
+        # The training random stream as it stands after this batch (what a checkpoint saved now records).
+        self._train_rng_state = _rng_state()
+        self._in_train_batch = False
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Resuming: continue this rank's random stream (Gumbel noise) exactly where the interrupted run stopped.
-        if self._pending_rng_state is not None:
-            torch.set_rng_state(self._pending_rng_state["cpu"])
-            if torch.cuda.is_available() and self._pending_rng_state.get("cuda") is not None:
-                torch.cuda.set_rng_state(self._pending_rng_state["cuda"])
-            self._pending_rng_state = None
+        """Continue the training random stream (Gumbel noise, dropout) where the last training batch left it.
+
+        Whatever ran in between (validation creating its DataLoader iterator, sampled generation, callbacks)
+        may have drawn from the global generators; a run resumed from a checkpoint saved at the end of that
+        batch would not replay those draws. Restoring the state captured at the end of each batch makes the
+        training stream independent of evaluation, so an interrupted and resumed run draws exactly the same
+        noise as an uninterrupted one, whatever runs on the checkpoint steps.
+        """
+        state, self._pending_rng_state = self._pending_rng_state or self._train_rng_state, None
+        if state is not None:
+            _set_rng_state(state)
+        self._in_train_batch = True
 
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
@@ -389,10 +400,11 @@ class MultiTaskLM(L.LightningModule):
         keys = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
         # Every rank's own generator state (each draws its own Gumbel noise); only rank 0 writes the file.
-        state = {
-            "cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-        }
+        # Between training batches (e.g. a checkpoint saved after validation) this is the training stream
+        # captured at the end of the last batch, not what evaluation left in the global generators (see
+        # ``on_train_batch_start``); during a batch (``every_n_train_steps`` saves) it is the current state.
+        between = not self._in_train_batch and self._train_rng_state is not None
+        state = self._train_rng_state if between else _rng_state()
         states = [state]
         if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
             states = [None] * self.trainer.world_size
@@ -440,6 +452,19 @@ class MultiTaskLM(L.LightningModule):
             return None
         log_dir = trainer.log_dir
         return log_dir if log_dir else trainer.default_root_dir
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if torch.cuda.is_available() and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _last_checkpoint(trainer: L.Trainer) -> str | None:
