@@ -196,6 +196,20 @@ def checkpoint_directories(trainer: Any) -> list[tuple[Path, bool]]:
     return directories
 
 
+def checkpoint_locations(trainer: Any) -> list[str]:
+    """Where :func:`find_last_checkpoint` looks, for messages (``<save_dir>/<name>/*/checkpoints`` per run)."""
+    root = logger_root(trainer)
+    places = []
+    for callback in _checkpoint_callbacks(trainer):
+        if callback.get("dirpath"):
+            places.append(str(callback["dirpath"]))
+        elif root is not None:
+            places.append(str(root / "*" / "checkpoints"))
+        else:
+            places.append(str(Path(_get(trainer, "default_root_dir", os.getcwd())) / "checkpoints"))
+    return list(dict.fromkeys(places))
+
+
 def find_last_checkpoint(trainer: Any) -> Path | None:
     """The most recently written ``last*.ckpt`` of any run of this config (Lightning picks by time too)."""
     candidates = [
@@ -422,9 +436,7 @@ def prepare_checkpoint(section: Any, subcommand: str) -> Path | None:
         if found is None:
             if subcommand == "fit":
                 return None  # Lightning warns and starts from scratch: "set and forget" for preemptible jobs
-            places = (
-                ", ".join(str(d) for d, _ in checkpoint_directories(trainer)) or "no checkpoint directory"
-            )
+            places = ", ".join(checkpoint_locations(trainer)) or "no checkpoint directory is configured"
             raise FileNotFoundError(
                 f"--ckpt_path last: no last checkpoint found (looked in: {places}); train first with "
                 "'hycam fit' (ModelCheckpoint save_last: true) or pass a checkpoint file"
