@@ -97,12 +97,37 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``os.umask`` sets it to query it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_permissions(fd_or_path: int | str | os.PathLike) -> None:
+    """The mode a plain ``open(path, "w")`` would give (0o666 less the umask), for a ``mkstemp`` file, which is
+    0o600: checkpoints and adapters must stay readable by teammates and serving processes as other users."""
+    mode = 0o666 & ~current_umask()
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
 def _staged(path: Path, write) -> str:
     """Write through ``write(temporary)`` into a temporary beside ``path``; return it (removed on failure)."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(temporary)
+        give_default_permissions(temporary)  # after writing: safetensors recreates the file as 0o600 too
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)

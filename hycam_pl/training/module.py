@@ -19,6 +19,7 @@ from hycam_pl.methods import build_method
 from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_table, write_results
 from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics
 from hycam_pl.training.losses import LOSS_REDUCTIONS, per_example_nll, task_loss_terms
+from hycam_pl.training.resume import apply_optimizer_options, shape_mismatches
 from hycam_pl.training.validation import check_tokenizer_fits, load_initial_adapter
 
 CHECKPOINTING = (False, True, "reentrant", "non_reentrant")
@@ -240,6 +241,10 @@ class MultiTaskLM(L.LightningModule):
         # A non-finite loss is not skipped here: returning None would desynchronise DDP ranks. Its gradients
         # are non-finite too (on every rank after the all-reduce), and ``optimizer_step`` skips the update.
         return loss
+
+    def on_train_start(self) -> None:
+        # Resumed: the restored optimizer and scheduler carry the checkpoint's rates; this run's options win.
+        apply_optimizer_options(self)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Logged from one hook only: Lightning keeps one entry per hook under a name, so two would go stale.
@@ -498,6 +503,12 @@ class MultiTaskLM(L.LightningModule):
                 f"checkpoint does not fit this model: {len(missing)} trainable tensors missing "
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
                 "was it trained with a different method, backbone or hycam config?"
+            )
+        reshaped = shape_mismatches(self.state_dict(), checkpoint.get("state_dict", {}))
+        if reshaped:
+            raise ValueError(
+                f"checkpoint does not fit this model: {len(reshaped)} tensors have other shapes (e.g. "
+                f"{'; '.join(reshaped[:2])}); was it trained with a different model.hycam or model.backbone?"
             )
         states = checkpoint.get("hycam_rng_state")
         rank, world = (
