@@ -86,6 +86,4 @@ def _colormap(name: str):
     """A copy of the named colour map with NaN cells drawn light grey."""
     from matplotlib import colormaps
 
-    colours = colormaps[name].copy()
-    colours.set_bad("#d9d9d9")
-    return colours
+    return colormaps[name].with_extremes(bad="#d9d9d9")
