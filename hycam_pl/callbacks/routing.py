@@ -12,7 +12,7 @@ import torch
 
 from hycam_pl.callbacks.heatmap import heatmap_image
 from hycam_pl.modulation import LayerRouting, find_state, routing_statistics
-from hycam_pl.modulation.balance import pooled_balance_loss
+from hycam_pl.modulation.balance import DEFAULT_BALANCE_SCOPE, balance_from_statistics
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class RoutingTelemetry(L.Callback):
     - ``router/layer_<i>/load/expert_<k>`` (fraction of tokens), ``router/layer_<i>/entropy`` (mean per-token
       router entropy, nats), ``router/layer_<i>/load_entropy`` (entropy of the mean load);
     - model-wide ``router/entropy``, ``router/load_entropy`` (means over layers), ``router/max_load`` and
-      ``router/balance_loss`` (``L_bal`` of the window's pooled tokens, same scaling as the training loss);
+      ``router/balance_loss`` (``L_bal`` of the window's tokens, same scope and scaling as the training loss);
     - ``router/task/<task>/expert_<k>``: the task x expert usage, from the batches' ``task_ids``;
     - histograms ``router/layer_<i>/probs`` of the router probabilities of the last batch's real tokens (rank 0's);
     - images ``router/layer_expert_load`` and ``router/task_expert_usage`` (heatmaps, 0 to 1).
@@ -209,11 +209,11 @@ class RoutingTelemetry(L.Callback):
         return torch.stack(rows)
 
     def _balance_loss(self, pl_module: torch.nn.Module, host: Mapping[str, torch.Tensor]) -> float:
-        """``sum_k mean(g_k) * mean(p_k)`` over the window's tokens of all layers (METHOD.md §3)."""
-        scale = bool(find_state(pl_module).config.balance_scale_by_experts)
-        return float(
-            pooled_balance_loss(host["gate"].sum(0), host["prob"].sum(0), host["tokens"].sum(), scale)
-        )
+        """``L_bal`` over the window's tokens, per layer or pooled as configured (METHOD.md §3)."""
+        config = find_state(pl_module).config
+        scope = config.balance_scope or DEFAULT_BALANCE_SCOPE
+        scale = bool(config.balance_scale_by_experts)
+        return float(balance_from_statistics(host["gate"], host["prob"], host["tokens"], scope, scale))
 
     def _check_collapse(self, layer: int, load: torch.Tensor, step: int) -> None:
         if load.numel() < 2:  # a single expert always takes everything: nothing to warn about

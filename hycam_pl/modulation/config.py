@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from hycam_pl.modulation.balance import BALANCE_SCOPES, DEFAULT_BALANCE_SCOPE
+
 APPLY_TO = ("attention_output", "residual_sum")
 EVAL_ROUTING = ("argmax", "softmax")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -19,6 +21,7 @@ ROUTING_DEFAULTS: dict[str, Any] = {
     "eval_routing": "argmax",
     "balance_coef": 0.01,
     "balance_scale_by_experts": False,
+    "balance_scope": DEFAULT_BALANCE_SCOPE,
 }
 
 
@@ -27,7 +30,7 @@ class HyCAMConfig:
     """Contextual Attention Modulation settings (METHOD.md §2-3).
 
     ``num_experts=0`` is plain CAM (the shared full-rank gate only). The expert and routing options (``rank``,
-    ``alpha``, ``tau``, ``hard``, ``eval_routing``, ``balance_coef``, ``balance_scale_by_experts``) take their
+    ``alpha``, ``tau``, ``hard``, ``eval_routing``, ``balance_coef``, ``balance_scale_by_experts``, ``balance_scope``) take their
     defaults when ``num_experts > 0`` and must be left unset when ``num_experts == 0``.
     """
 
@@ -41,6 +44,7 @@ class HyCAMConfig:
     eval_routing: str | None = None
     balance_coef: float | None = None
     balance_scale_by_experts: bool | None = None
+    balance_scope: str | None = None
     apply_to: str = "attention_output"
     layers: list[int] | None = None
     train_norms: bool = False
@@ -94,6 +98,13 @@ class HyCAMConfig:
                 "balance_scale_by_experts",
                 self.balance_scale_by_experts,
                 "true or false",
+            )
+            _require(
+                self.balance_scope in BALANCE_SCOPES,
+                "balance_scope",
+                self.balance_scope,
+                _one_of(BALANCE_SCOPES) + " (layer: each layer balanced on its own; pooled: the reference's "
+                "one loss over all layers' tokens)",
             )
         _require(isinstance(self.bias, bool), "bias", self.bias, "true or false")
         _require(isinstance(self.shared, bool), "shared", self.shared, "true or false")

@@ -146,7 +146,9 @@ class ContextualModulation(nn.Module):
                     token_mask=token_mask,
                 )
         if self.training and torch.is_grad_enabled():
-            modulated = attach_balance_gradient(modulated, gate_sum, prob_sum, record, self.scale_by_experts)
+            modulated = attach_balance_gradient(
+                modulated, gate_sum, prob_sum, record, self.scale_by_experts, self.layer_index
+            )
         return modulated
 
 
