@@ -7,6 +7,7 @@ Register a new one with :func:`register_method`; ``MultiTaskLM(method=<name>)`` 
 from hycam_pl.methods.base import METHODS, AdaptationMethod, build_method, register_method
 from hycam_pl.methods.full import FullFineTuning
 from hycam_pl.methods.hycam import HyCAMMethod
+from hycam_pl.methods.mixture import MixtureMethod
 from hycam_pl.methods.peft_methods import PeftMethod
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "AdaptationMethod",
     "FullFineTuning",
     "HyCAMMethod",
+    "MixtureMethod",
     "PeftMethod",
     "build_method",
     "register_method",

@@ -18,7 +18,10 @@ class HyCAMMethod(AdaptationMethod):
     exports_adapter = True
 
     def __init__(
-        self, hycam: HyCAMConfig | None = None, single: bool = False, method_options: dict[str, Any] | None = None
+        self,
+        hycam: HyCAMConfig | None = None,
+        single: bool = False,
+        method_options: dict[str, Any] | None = None,
     ) -> None:
         self.name = "cam" if single else "hycam"
         refuse_method_options(self.name, method_options, "set its options under model.hycam")

@@ -25,20 +25,20 @@ from torch import nn
 
 from hycam_pl.methods.base import AdaptationMethod, register_method, warn_unused_hycam
 from hycam_pl.modulation import HyCAMConfig
+from hycam_pl.modulation.mixture import ATTENTION_PROJECTIONS
 from hycam_pl.modulation.persistence import AdapterError, base_identity, identity_mismatches
 from hycam_pl.modulation.persistence import _expected_shapes as hycam_expected_shapes
 
 log = logging.getLogger(__name__)
 
 METHOD_FILE = "hycam_method.json"
-# All four attention projections: the block HyCAM modulates, so a matched LoRA spends its parameters where HyCAM
-# acts, and r * (d_in + d_out) per projection keeps the matched rank moderate (SmolLM2: 92, 7B: ~500).
-ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LORA_DEFAULTS: dict[str, Any] = {
     "r": 8,
     "lora_alpha": 16,
     "lora_dropout": 0.05,
-    "target_modules": ATTENTION_PROJECTIONS,
+    # All four attention projections: the block HyCAM modulates, so a matched LoRA spends its parameters where
+    # HyCAM acts, and r * (d_in + d_out) per projection keeps the matched rank moderate.
+    "target_modules": list(ATTENTION_PROJECTIONS),
 }
 # The (IA)^3 paper's choice: rescale keys, values and the feed-forward intermediate activation.
 IA3_DEFAULTS: dict[str, Any] = {
@@ -70,7 +70,9 @@ class PeftMethod(AdaptationMethod):
         options = dict(method_options or {})
         self.match_parameters = bool(options.pop("match_parameters", False))
         if self.match_parameters and kind != "lora":
-            raise ValueError(f"model.method_options.match_parameters is for model.method='lora', not {kind!r}")
+            raise ValueError(
+                f"model.method_options.match_parameters is for model.method='lora', not {kind!r}"
+            )
         if self.match_parameters and "r" in options:
             raise ValueError(
                 "model.method_options: match_parameters chooses the rank; remove r (or match_parameters)"
@@ -161,7 +163,9 @@ class PeftMethod(AdaptationMethod):
         """The fresh base ``model`` wrapped with the saved adapter (frozen); refuses another method or base."""
         meta = read_method_file(directory)
         if meta.get("method") != self.name:
-            raise AdapterError(f"adapter {directory} was saved by method {meta.get('method')!r}, not {self.name!r}")
+            raise AdapterError(
+                f"adapter {directory} was saved by method {meta.get('method')!r}, not {self.name!r}"
+            )
         check_identity(model, meta, directory)
         return peft.PeftModel.from_pretrained(model, str(directory))
 
