@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 class AdaptationMethod:
@@ -86,4 +84,6 @@ def warn_unused_hycam(name: str, hycam: Any) -> None:
     """``model.hycam`` set for a method that does not use it: said once, then ignored, so one config can switch
     methods with ``--model.method`` alone."""
     if hycam is not None:
-        log.warning("model.hycam is set but model.method=%r does not use it; it is ignored", name)
+        warnings.warn(
+            f"model.hycam is set but model.method={name!r} does not use it; it is ignored", stacklevel=3
+        )
