@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ class AdaptationMethod:
     """Default behaviour: train every parameter, no auxiliary loss, one parameter group."""
 
     name = "base"
+    exports_adapter = False  # whether ``save`` writes a small adapter folder (exported after ``fit``)
 
     def apply(self, model: nn.Module) -> nn.Module:
         return model
@@ -37,6 +39,10 @@ class AdaptationMethod:
         """Write what is needed to reuse the trained method without the Lightning checkpoint."""
         model.save_pretrained(directory)
 
+    def load(self, model: nn.Module, directory: str) -> nn.Module:
+        """Apply the method to a fresh base ``model`` with the weights ``save`` wrote; return the model to use."""
+        raise NotImplementedError(f"method {self.name!r} has no adapter to load")
+
     def summary(self, model: nn.Module) -> dict[str, dict[str, int]]:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -59,6 +65,25 @@ def register_method(name: str, factory: Callable[..., AdaptationMethod]) -> None
 
 
 def build_method(name: str, **options: Any) -> AdaptationMethod:
+    """``METHODS[name](hycam=..., method_options=...)``: every factory takes the HyCAM config (``model.hycam``)
+    and the method's own options (``model.method_options``, a dict or None)."""
     if name not in METHODS:
         raise ValueError(f"model.method={name!r} is unknown; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name](**options)
+
+
+def refuse_method_options(name: str, method_options: dict[str, Any] | None, where: str) -> None:
+    """Methods configured elsewhere (``hycam``/``cam`` by ``model.hycam``) take no ``model.method_options``."""
+    if method_options:
+        raise ValueError(
+            f"model.method_options {sorted(method_options)} are not used by model.method={name!r}; {where}"
+        )
+
+
+def warn_unused_hycam(name: str, hycam: Any) -> None:
+    """``model.hycam`` set for a method that does not use it: said once, then ignored, so one config can switch
+    methods with ``--model.method`` alone."""
+    if hycam is not None:
+        warnings.warn(
+            f"model.hycam is set but model.method={name!r} does not use it; it is ignored", stacklevel=3
+        )

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hycam_pl.methods.base import AdaptationMethod, _groups, register_method
+from hycam_pl.methods.base import AdaptationMethod, _groups, refuse_method_options, register_method
 from hycam_pl.modulation import HyCAMConfig, attach, balance_loss, count_parameters, save_adapter
 from hycam_pl.modulation.config import ROUTING_DEFAULTS, warn_once
 from hycam_pl.modulation.model import component_of
@@ -16,8 +16,16 @@ from hycam_pl.modulation.model import component_of
 class HyCAMMethod(AdaptationMethod):
     """``method: hycam`` (shared CAM + experts + router) or ``method: cam`` (the shared CAM alone)."""
 
-    def __init__(self, hycam: HyCAMConfig | None = None, single: bool = False) -> None:
+    exports_adapter = True
+
+    def __init__(
+        self,
+        hycam: HyCAMConfig | None = None,
+        single: bool = False,
+        method_options: dict[str, Any] | None = None,
+    ) -> None:
         self.name = "cam" if single else "hycam"
+        refuse_method_options(self.name, method_options, "set its options under model.hycam")
         if single:
             hycam = _single_cam(hycam) if hycam is not None else HyCAMConfig(num_experts=0)
         self.config = hycam or HyCAMConfig()
@@ -69,5 +77,5 @@ def _single_cam(config: HyCAMConfig) -> HyCAMConfig:
     return HyCAMConfig.from_dict({**kept, "num_experts": 0})
 
 
-register_method("hycam", lambda hycam=None: HyCAMMethod(hycam))
-register_method("cam", lambda hycam=None: HyCAMMethod(hycam, single=True))
+register_method("hycam", lambda hycam=None, method_options=None: HyCAMMethod(hycam, False, method_options))
+register_method("cam", lambda hycam=None, method_options=None: HyCAMMethod(hycam, True, method_options))

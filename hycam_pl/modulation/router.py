@@ -65,3 +65,30 @@ class GumbelRouter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, hard={self.hard}, eval_routing={self.eval_routing!r}"
+
+
+class TopKSoftmaxRouter(nn.Module):
+    """Soft top-k routing (no noise): the softmax of the ``top_k`` largest logits, zero elsewhere, in training
+    and evaluation alike. ``probs`` is the full softmax, as for :class:`GumbelRouter`, so the balance loss and
+    telemetry read both routers the same way."""
+
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int, bias: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_experts, bias=bias)
+        self.num_experts = num_experts
+        self.top_k = top_k
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(
+                x.float(),
+                self.linear.weight.float(),
+                None if self.linear.bias is None else self.linear.bias.float(),
+            )
+        probs = logits.softmax(dim=-1)
+        top, index = logits.topk(self.top_k, dim=-1)
+        gates = torch.zeros_like(logits).scatter(-1, index, top.softmax(dim=-1))
+        return Routing(gates, probs, logits)
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}"

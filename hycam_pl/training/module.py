@@ -48,8 +48,10 @@ class MultiTaskLM(L.LightningModule):
     Args:
         backbone: hub name, local directory, or a transformers config dict (``model_type`` + fields) for
             offline/tiny runs, randomly initialised with ``init_seed``.
-        method: ``hycam`` | ``cam`` | ``full`` (or any registered method).
-        hycam: the HyCAM configuration (``hycam``/``cam`` only).
+        method: ``hycam`` | ``cam`` | ``full`` | ``lora`` | ``dora`` | ``ia3`` | ``molora`` | ``hydralora`` (or any
+            registered method).
+        hycam: the HyCAM configuration (``hycam``/``cam``; the reference of a parameter-matched ``lora``).
+        method_options: the other methods' own options (e.g. ``{r: 16, target_modules: [q_proj, v_proj]}``).
         learning_rate: base learning rate; ``shared_lr`` and ``expert_lr`` override it for the shared CAM and for
             the specialised CAMs + router.
         activation_checkpointing: False, True / "non_reentrant", or "reentrant".
@@ -71,6 +73,7 @@ class MultiTaskLM(L.LightningModule):
         backbone: str | dict[str, Any],
         method: str = "hycam",
         hycam: HyCAMConfig | None = None,
+        method_options: dict[str, Any] | None = None,
         learning_rate: float = 2e-5,
         shared_lr: float | None = None,
         expert_lr: float | None = None,
@@ -115,6 +118,7 @@ class MultiTaskLM(L.LightningModule):
                 "backbone": backbone,
                 "method": method,
                 "hycam": hycam.to_dict() if hycam is not None else None,
+                "method_options": method_options,
                 "learning_rate": learning_rate,
                 "shared_lr": shared_lr,
                 "expert_lr": expert_lr,
@@ -133,7 +137,7 @@ class MultiTaskLM(L.LightningModule):
                 "max_scaler_skips": max_scaler_skips,
             }
         )
-        self.method = build_method(method, hycam=hycam)
+        self.method = build_method(method, hycam=hycam, method_options=method_options)
         model = load_backbone(
             backbone, dtype=dtype, attn_implementation=attn_implementation, init_seed=init_seed
         )
@@ -528,7 +532,7 @@ class MultiTaskLM(L.LightningModule):
 
     def on_fit_end(self) -> None:
         run_dir = self.run_dir()
-        if self.trainer.is_global_zero and run_dir is not None and is_attached(self.model):
+        if self.trainer.is_global_zero and run_dir is not None and self.method.exports_adapter:
             self.method.save(self.model, os.path.join(run_dir, "adapter"))
 
     def run_dir(self) -> str | None:

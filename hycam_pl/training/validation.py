@@ -115,8 +115,9 @@ def validate_model_options(options: Mapping[str, Any]) -> None:
     if hycam_values is not None:
         hycam = _hycam_config(hycam_values)
     # unknown method, cam with experts: the module's own checks and messages
-    method = build_method(method_name, hycam=hycam)
-    config: HyCAMConfig | None = getattr(method, "config", None)
+    method = build_method(method_name, hycam=hycam, method_options=_plain(options.get("method_options")))
+    config = getattr(method, "config", None)
+    config = config if isinstance(config, HyCAMConfig) else None  # other methods check their own options
     backbone = _backbone_config(options.get("backbone"))
     if config is not None and backbone is not None:
         hidden, num_layers = backbone["hidden_size"], backbone["num_hidden_layers"]

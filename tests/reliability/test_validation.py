@@ -91,7 +91,10 @@ def no_model_building(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"method": "lora2"}, r"model\.method='lora2' is unknown; choose one of: cam, full, hycam"),
+        (
+            {"method": "lora2"},
+            r"model\.method='lora2' is unknown; choose one of: cam, dora, full, hycam, hydralora, ia3, lora, molora",
+        ),
         ({"hycam": {"num_experts": 0, "tau": 0}}, r"model\.hycam: HyCAMConfig\.tau=0 is invalid"),
         ({"hycam": {"num_experts": 2, "rank": 65}}, r"model\.hycam\.rank=65 exceeds the hidden_size=64"),
         ({"hycam": {"layers": [1, 2]}}, r"model\.hycam\.layers: .*\[2\] out of range.*2 decoder layers"),

@@ -54,13 +54,16 @@ def test_methods_are_pluggable_and_validated(monkeypatch):
     assert cam.method.config.num_experts == 0
     full = MultiTaskLM(BACKBONE, method="full")
     assert all(p.requires_grad for p in full.model.parameters())
-    with pytest.raises(ValueError, match=r"model.method='lora2' is unknown; choose one of: cam, full, hycam"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.method='lora2' is unknown; choose one of: cam, dora, full, hycam, hydralora, ia3, lora, molora",
+    ):
         MultiTaskLM(BACKBONE, method="lora2")
     with pytest.warns(UserWarning, match=r"model.method='cam' is the single shared CAM: .*num_experts=4"):
         swept = MultiTaskLM(BACKBONE, method="cam", hycam=HyCAMConfig(num_experts=4, layers=[1]))
     assert swept.method.config == HyCAMConfig(num_experts=0, layers=[1])  # CAM options kept, routing dropped
-    with pytest.raises(ValueError, match=r"model.hycam is set but model.method='full' does not use it"):
-        MultiTaskLM(BACKBONE, method="full", hycam=HyCAMConfig())
+    with pytest.warns(UserWarning, match=r"model.hycam is set but model.method='full' does not use it"):
+        MultiTaskLM(BACKBONE, method="full", hycam=HyCAMConfig())  # one config switches methods by name
     with pytest.raises(ValueError, match=r"model.activation_checkpointing='sometimes' is invalid"):
         MultiTaskLM(BACKBONE, activation_checkpointing="sometimes")
 
