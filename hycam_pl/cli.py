@@ -52,6 +52,11 @@ class HyCAMCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["sweep"]:  # not a LightningCLI subcommand: runs many of them (hycam_pl.sweeps)
+        from hycam_pl.sweeps.cli import main as sweep
+
+        return sweep(argv[1:])
     with report_user_errors():
         _main(args)
 

@@ -1,0 +1,154 @@
+"""One trial on a Ray worker: ``hycam fit`` then ``hycam test --ckpt_path last`` in subprocesses, then markers.
+
+This module uses only the standard library (and ``ray.tune.report``) and is shipped to the workers by value,
+so a worker never imports torch or hycam_pl itself: the CLI subprocesses do, each trial isolated in its own
+process. Its state lives in files in the trial directory, written atomically:
+
+- ``result.json``: the trial finished; its metrics (the "done" marker: a finished trial is never run again);
+- ``failed.json``: a CLI command exited with an error; the stage, exit code and the end of its stderr.
+
+A trial without either (interrupted, or its worker was killed) is unfinished and runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULT = "result.json"
+FAILED = "failed.json"
+CONFIG = "config.yaml"
+TAIL_LINES = 20
+
+
+def write_json_atomically(path: Path, payload: Any) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place: readers see all or nothing."""
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            json.dump(payload, handle, indent=2, allow_nan=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def stderr_tail(text: str, lines: int = TAIL_LINES) -> list[str]:
+    """The last non-empty lines, each progress-bar line reduced to what it showed last (after its last CR)."""
+    kept = [line.rsplit("\r", 1)[-1].rstrip() for line in text.splitlines()]
+    return [line for line in kept if line.strip()][-lines:]
+
+
+def error_line(tail: list[str]) -> str:
+    """hycam's one-line ``error:`` if there is one, else the last line (a traceback's exception)."""
+    for line in reversed(tail):
+        if line.startswith("error:"):
+            return line
+    return tail[-1] if tail else "(no output on stderr)"
+
+
+def flatten(results: dict[str, Any]) -> dict[str, float | None]:
+    """``{task: {metric: v}}`` from ``hycam test``'s results.json as ``{"task/metric": v}``."""
+    return {
+        f"{task}/{metric}": value
+        for task, values in results.items()
+        if isinstance(values, dict)
+        for metric, value in values.items()
+    }
+
+
+def _die_with_parent() -> None:
+    """Linux: the CLI gets SIGTERM when its worker dies (Ray kills workers when a sweep is interrupted)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: ``config["trial"]`` says where the trial lives and what to report."""
+    spec = config["trial"]
+    outcome = execute(spec)
+    from ray import tune
+
+    tune.report(outcome)
+
+
+def execute(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one trial (both CLI stages) and write its marker; return what Tune reports."""
+    trial_dir = Path(spec["dir"])
+    config = str(trial_dir / CONFIG)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "hycam_pl.cli"]
+    stages = [
+        ("fit", [*command, "fit", "-c", config, *(["--ckpt_path", "last"] if spec.get("resume") else [])]),
+        ("test", [*command, "test", "-c", config, "--ckpt_path", "last"]),
+    ]
+    seconds: dict[str, float] = {}
+    for stage, argv in stages:
+        start = time.monotonic()
+        with (
+            open(trial_dir / f"{stage}.stdout.log", "w", encoding="utf-8") as out,
+            open(trial_dir / f"{stage}.stderr.log", "w+", encoding="utf-8") as err,
+        ):
+            code = subprocess.run(
+                argv,
+                cwd=spec["cwd"],
+                env=env,
+                stdout=out,
+                stderr=err,
+                check=False,
+                preexec_fn=_die_with_parent,
+            ).returncode
+            err.seek(0)
+            tail = stderr_tail(err.read())
+        seconds[f"{stage}_s"] = round(time.monotonic() - start, 2)
+        if code != 0:
+            failure = {
+                "status": "failed",
+                "stage": stage,
+                "exit_code": code,
+                "error": error_line(tail),
+                "stderr_tail": tail,
+                "command": argv,
+                **seconds,
+            }
+            write_json_atomically(trial_dir / FAILED, failure)
+            return {"status": "failed", "error": failure["error"], **seconds}
+    results = read_json(trial_dir / spec["results"])
+    if results is None:
+        failure = {
+            "status": "failed",
+            "stage": "test",
+            "exit_code": 0,
+            "error": f"hycam test wrote no results file at {spec['results']}",
+            "stderr_tail": [],
+            **seconds,
+        }
+        write_json_atomically(trial_dir / FAILED, failure)
+        return {"status": "failed", "error": failure["error"], **seconds}
+    metrics = flatten(results)
+    (trial_dir / FAILED).unlink(missing_ok=True)
+    write_json_atomically(trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds})
+    reported = {name: metrics.get(name) for name in spec["metrics"]}
+    return {"status": "done", **{k: v for k, v in reported.items() if v is not None}, **seconds}
