@@ -72,8 +72,7 @@ class ContextualModulation(nn.Module):
         routing = None
         if self.experts is not None:
             routing = self.router(flat)
-            expert_out = self.experts(flat)  # (K, tokens, d)
-            mixed = torch.einsum("nk,knd->nd", routing.gates.to(expert_out.dtype), expert_out)
+            mixed = self.experts.mix(flat, routing.gates, routing.index)
             delta = mixed if delta is None else delta + mixed
         return delta.view(*x.shape[:-1], delta.shape[-1]), routing
 
