@@ -97,6 +97,7 @@ def test_sacrebleu_issue_example_scores_like_sacrebleu():
     assert float(metric.compute()) == pytest.approx(0.6687403, abs=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric:UserWarning")
 def test_sacrebleu_is_not_applicable_when_every_reference_is_shorter_than_4_tokens():
     short = SacreBLEU()
     short.update(["Oslo", "42.", "yes it is"], ["Oslo", "42.", "yes it is"])  # perfect, 1-3 tokens
