@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 # A normalisation layer's name as transformers and torch spell them: ``input_layernorm``, ``norm``,
 # ``LayerNorm``, ``layer_norm``, ``ln_f``/``ln_1`` (GPT-2), ``q_norm``.
 _NORM_LAYER = re.compile(r"norm|^ln(_|$)", re.IGNORECASE)
