@@ -240,10 +240,7 @@ class MultiTaskDataModule(LightningDataModule):
         """Batches from :class:`MultiTaskBatchSampler` over all tasks' training splits."""
         self._require_setup()
         world_size, rank = self._world()
-        if self.samples_per_epoch is not None:
-            num_batches = max(1, self.samples_per_epoch // (self.batch_size * world_size))
-        else:
-            num_batches = max(1, sum(self._train_sizes()) // (self.batch_size * world_size))
+        num_batches = self._batches_per_epoch()
         epoch, batch = self._start_position()
         accumulate, epoch_batches = self._trainer_schedule(num_batches)
         self._train_sampler = MultiTaskBatchSampler(
@@ -333,6 +330,16 @@ class MultiTaskDataModule(LightningDataModule):
             "train_sizes": self._train_sizes() if self._splits is not None else None,
             "batch_size": self.batch_size,
             "world_size": self._world()[0],
+            **self._mixture(),
+        }
+
+    def _mixture(self) -> dict[str, Any]:
+        """What decides the task mixture and the epoch length (recorded so a resume can compare)."""
+        return {
+            "sampling": self.sampling,
+            "temperature": self.temperature,
+            "samples_per_epoch": self.samples_per_epoch,
+            "batches_per_epoch": self._batches_per_epoch() if self._splits is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -349,12 +356,21 @@ class MultiTaskDataModule(LightningDataModule):
         }
         if self._splits is not None:
             current["train_sizes"] = self._train_sizes()
-        changed = [key for key, value in current.items() if state_dict.get(key) != value]
+        mixture = self._mixture()
+        if "temperature" not in (self.sampling, state_dict.get("sampling")):
+            mixture.pop("temperature")  # only the temperature policy reads it
+        if mixture["batches_per_epoch"] is None or state_dict.get("batches_per_epoch") is None:
+            mixture.pop("batches_per_epoch")
+        current.update(mixture)
+        # Keys an older checkpoint did not record cannot be compared.
+        changed = [key for key, value in current.items() if key in state_dict and state_dict[key] != value]
         if changed:
+            details = ", ".join(f"{key} {state_dict[key]!r} -> {current[key]!r}" for key in changed)
             log.warning(
-                "MultiTaskDataModule: resuming with a different %s; the remaining batches will differ from "
-                "those of the interrupted run",
-                ", ".join(changed),
+                "MultiTaskDataModule: resuming with a different %s (checkpoint -> now); the remaining batches "
+                "(their task mixture and the epoch length) will differ from those of the interrupted run, "
+                "so the result is not that of one uninterrupted run",
+                details,
             )
         position = (int(state_dict["epoch"]), int(state_dict["batch"]))
         self._pending_resume = position
@@ -442,6 +458,11 @@ class MultiTaskDataModule(LightningDataModule):
 
     def _generation_collator(self) -> GenerationCollator:
         return GenerationCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+
+    def _batches_per_epoch(self) -> int:
+        """Training batches per epoch and rank (what ``MultiTaskBatchSampler`` gets as ``num_batches``)."""
+        examples = self.samples_per_epoch if self.samples_per_epoch is not None else sum(self._train_sizes())
+        return max(1, examples // (self.batch_size * self._world()[0]))
 
     def _train_loss_tokens(self) -> list[int]:
         """Loss tokens of every training example (as ``per_example_nll`` counts them: labels shifted by one)."""
