@@ -31,10 +31,10 @@ class HyCAMCLI(LightningCLI):
         if self.subcommand is None:
             return
         section = self.config[self.subcommand]
-        check_output_directories(section, self.subcommand)  # before the data or the weights are loaded
-        prepare_checkpoint(
-            section, self.subcommand
-        )  # resolve `last`, refuse unreadable/unfitting checkpoints
+        # Before the data or any weights are loaded: output directories, then `--ckpt_path` (resolve `last`,
+        # refuse a missing/truncated checkpoint or one whose weight-defining options differ from the config).
+        check_output_directories(section, self.subcommand)
+        prepare_checkpoint(section, self.subcommand)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -22,6 +22,7 @@ import importlib
 import logging
 import math
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Mapping
@@ -93,22 +94,30 @@ def read_checkpoint(path: str | os.PathLike, option: str = "--ckpt_path") -> dic
     if path.is_dir():
         raise ValueError(f"{option}: {path} is a directory, not a checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as error:  # zip reader, unpickler, EOF: all mean "not a complete checkpoint"
-        reason = " ".join(str(error).split())[:160] or type(error).__name__
-        others = other_checkpoints(path)
-        hint = (
-            f"other checkpoints in {path.parent}: {', '.join(others)}"
-            if others
-            else f"no other checkpoint in {path.parent}"
-        )
-        raise ValueError(
-            f"{option}: checkpoint {path} is truncated or not a checkpoint "
-            f"({path.stat().st_size} bytes; {type(error).__name__}: {reason}); {hint}"
-        ) from None
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):  # complete, but holds objects only full unpickling restores:
+            return {}  # not ours to execute here; Lightning's own load decides
+        raise _unreadable(path, option, error) from None
+    except Exception as error:  # zip reader, EOF, bad magic number: all mean "not a complete checkpoint"
+        raise _unreadable(path, option, error) from None
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise ValueError(f"{option}: {path} is not a Lightning checkpoint (no 'state_dict')")
     return dict(checkpoint)
+
+
+def _unreadable(path: Path, option: str, error: BaseException) -> ValueError:
+    reason = " ".join(str(error).split())[:160] or type(error).__name__
+    others = other_checkpoints(path)
+    hint = (
+        f"other checkpoints in {path.parent}: {', '.join(others)}"
+        if others
+        else "no other checkpoint beside it"
+    )
+    return ValueError(
+        f"{option}: checkpoint {path} is truncated or not a checkpoint "
+        f"({path.stat().st_size} bytes; {type(error).__name__}: {reason}); {hint}"
+    )
 
 
 # ------------------------------------------------------------------------- where a run's checkpoints live
@@ -176,23 +185,21 @@ def _checkpoint_callbacks(trainer: Any) -> list[Any]:
     return found
 
 
-def checkpoint_directories(trainer: Any) -> list[tuple[Path, bool]]:
-    """Where this config's ``ModelCheckpoint``s write, as ``(directory, is_run_directory)``: the ``dirpath``
-    when set, else every ``<save_dir>/<name>/<version>/checkpoints`` (one per run), else
-    ``<default_root_dir>/checkpoints`` without a logger (Lightning's rule)."""
-    directories: list[tuple[Path, bool]] = []
+def checkpoint_directories(trainer: Any) -> list[Path]:
+    """Where this config's ``ModelCheckpoint``s write: the ``dirpath`` when set, else every
+    ``<save_dir>/<name>/<version>/checkpoints`` (one per run), else ``<default_root_dir>/checkpoints`` without
+    a logger (Lightning's rule)."""
+    directories: list[Path] = []
     root = logger_root(trainer)
     for callback in _checkpoint_callbacks(trainer):
         dirpath = callback.get("dirpath")
         if dirpath:
-            directories.append((Path(dirpath), False))
+            directories.append(Path(dirpath))
         elif root is not None:
             if root.is_dir():
-                directories.extend(
-                    (run / "checkpoints", True) for run in sorted(root.iterdir()) if run.is_dir()
-                )
+                directories.extend(run / "checkpoints" for run in sorted(root.iterdir()) if run.is_dir())
         else:
-            directories.append((Path(_get(trainer, "default_root_dir", os.getcwd())) / "checkpoints", False))
+            directories.append(Path(_get(trainer, "default_root_dir", os.getcwd())) / "checkpoints")
     return directories
 
 
@@ -214,7 +221,7 @@ def find_last_checkpoint(trainer: Any) -> Path | None:
     """The most recently written ``last*.ckpt`` of any run of this config (Lightning picks by time too)."""
     candidates = [
         p
-        for directory, _ in checkpoint_directories(trainer)
+        for directory in checkpoint_directories(trainer)
         if directory.is_dir()
         for p in directory.glob(f"last*{CKPT_SUFFIX}")
         if LAST_PATTERN.match(p.stem) and p.is_file()

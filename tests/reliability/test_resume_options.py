@@ -93,6 +93,19 @@ def test_each_run_keeps_its_own_checkpoints(runs: Runs):
     assert not (runs.root / "runs" / "tiny" / "checkpoints").exists()
 
 
+def test_shipped_configs_keep_checkpoints_per_run():
+    """A ``dirpath`` would make every run of a config share (and overwrite) one checkpoint folder."""
+    from tests.training.conftest import REPO
+
+    checked = 0
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        for callback in (yaml.safe_load(path.read_text()).get("trainer") or {}).get("callbacks") or []:
+            if callback["class_path"].endswith("ModelCheckpoint"):
+                checked += 1
+                assert "dirpath" not in (callback.get("init_args") or {}), path
+    assert checked >= 2
+
+
 def test_fit_resume_last_continues_the_latest_run_in_its_directory(runs: Runs):
     output = runs.resumed.stdout + runs.resumed.stderr
     assert f"checkpoint path at {runs.checkpoints(1) / 'last.ckpt'}" in output, output[-3000:]
@@ -207,17 +220,44 @@ def test_evaluating_last_without_any_checkpoint_is_refused(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "option", ["trainer.default_root_dir", "trainer.logger.init_args.save_dir", "data.cache_dir"]
+    "option",
+    [
+        "trainer.default_root_dir",
+        "trainer.logger.init_args.save_dir",
+        "data.cache_dir",
+        "ModelCheckpoint dirpath",
+    ],
 )
 def test_an_unwritable_output_directory_is_refused_before_the_data_is_read(tmp_path: Path, option: str):
-    config = yaml.safe_load(per_run_config(tmp_path).read_text())
-    # Data that would fail to load: the directory check must come first (and before any weights).
-    config["data"]["tasks"] = [{"name": "qa", "source": "jsonl", "path": str(tmp_path / "missing.jsonl")}]
-    path = tmp_path / "broken.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
     blocker = tmp_path / "file.txt"
     blocker.write_text("a regular file: nobody, root included, can create a directory under it")
     target = blocker / "sub"
-    line = one_error(run_hycam_in_process(["fit", "-c", str(path), f"--{option}", str(target)], cwd=tmp_path))
+    config = yaml.safe_load(per_run_config(tmp_path).read_text())
+    # Data that would fail to load: the directory check must come first (and before any weights).
+    config["data"]["tasks"] = [{"name": "qa", "source": "jsonl", "path": str(tmp_path / "missing.jsonl")}]
+    overrides = [f"--{option}", str(target)]
+    if option == "ModelCheckpoint dirpath":
+        config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(target)
+        overrides = []
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    line = one_error(run_hycam_in_process(["fit", "-c", str(path), *overrides], cwd=tmp_path))
     assert line.startswith(f"error: {option}: cannot create {target}") and "is a file" in line, line
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_module_refuses_a_checkpoint_with_other_tensor_shapes():
+    """The Python API (``Trainer.fit(ckpt_path=...)``): same tensor names, other shapes -> a ValueError that
+    says so, not torch's size-mismatch traceback."""
+    from hycam_pl import HyCAMConfig
+    from hycam_pl.training import MultiTaskLM
+    from tests.reliability.helpers import TINY_BACKBONE
+
+    four = MultiTaskLM(dict(TINY_BACKBONE), hycam=HyCAMConfig(num_experts=4, rank=4))
+    two = MultiTaskLM(dict(TINY_BACKBONE), hycam=HyCAMConfig(num_experts=2, rank=4))
+    state = {k: v for k, v in four.state_dict().items() if k in four.trainable_keys()}
+    assert set(state) == two.trainable_keys()  # names alone cannot tell them apart
+    with pytest.raises(
+        ValueError, match=r"checkpoint does not fit this model: \d+ tensors have other shapes"
+    ):
+        two.on_load_checkpoint({"state_dict": state})
