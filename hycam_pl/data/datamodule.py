@@ -129,6 +129,8 @@ class MultiTaskDataModule(LightningDataModule):
         predict_file: JSON/JSONL prompts for ``predict_dataloader``.
         generation_samples_per_task: size of the fixed per-task sample of validation/test examples that
             ``generation_dataloader`` returns for generation-based scoring.
+        length_grouping: 0 (off) or G: sort each run of G global training batches by length before cutting
+            batches (less padding when short and long answers mix; see ``MultiTaskBatchSampler``).
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class MultiTaskDataModule(LightningDataModule):
         seed: int = 2333,
         predict_file: str | None = None,
         generation_samples_per_task: int = 32,
+        length_grouping: int = 0,
     ) -> None:
         super().__init__()
         self.tasks = task_configs(tasks)
@@ -169,6 +172,8 @@ class MultiTaskDataModule(LightningDataModule):
             raise ValueError(f"pad_to_multiple_of must be positive or null, got {pad_to_multiple_of}")
         if generation_samples_per_task < 0:
             raise ValueError(f"generation_samples_per_task must be >= 0, got {generation_samples_per_task}")
+        if not isinstance(length_grouping, int) or length_grouping < 0:
+            raise ValueError(f"length_grouping must be an integer >= 0, got {length_grouping!r}")
         self.settings = TokenizeSettings(
             max_length=max_length, loss_on=loss_on, max_prompt_length=max_prompt_length
         )
@@ -184,6 +189,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.seed = seed
         self.predict_file = predict_file
         self.generation_samples_per_task = generation_samples_per_task
+        self.length_grouping = length_grouping
 
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._splits: dict[str, list[Any]] | None = None  # split -> per-task tokenised datasets
@@ -257,6 +263,8 @@ class MultiTaskDataModule(LightningDataModule):
             example_tokens=self._train_loss_tokens(),
             accumulate=accumulate,
             epoch_batches=epoch_batches,
+            length_grouping=self.length_grouping,
+            example_lengths=self._train_lengths() if self.length_grouping else None,
         )
         return _ResumableDataLoader(
             _TrainExamples(self._splits_of("train")),
@@ -473,6 +481,10 @@ class MultiTaskDataModule(LightningDataModule):
                 for labels in part["labels"]
             ]
         return self._loss_tokens
+
+    def _train_lengths(self) -> list[int]:
+        """Sequence length of every training example, in the sampler's concatenation order."""
+        return [len(ids) for part in self._splits_of("train") for ids in part["input_ids"]]
 
     def _trainer_schedule(self, num_batches: int) -> tuple[int, int]:
         """(micro-batches per optimizer step, batches per epoch the trainer runs) for ``num_batches``."""

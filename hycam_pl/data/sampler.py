@@ -101,6 +101,10 @@ class MultiTaskBatchSampler(BatchSampler):
             batches ``[k * accumulate, (k + 1) * accumulate)`` of each epoch, as in Lightning.
         epoch_batches: batches per epoch the trainer actually runs (``limit_train_batches``); the last window
             ends there. Default: ``num_batches``.
+        length_grouping: 0 (off) or G: within each run of G consecutive global batches, examples are sorted by
+            ``example_lengths`` and re-cut into batches whose order is then shuffled, so each batch holds similar
+            lengths and padding shrinks. Which examples an epoch uses, and the task mixture, do not change.
+        example_lengths: sequence length of every example (concatenation order); needed by ``length_grouping``.
     """
 
     def __init__(
@@ -119,6 +123,8 @@ class MultiTaskBatchSampler(BatchSampler):
         example_tokens: Sequence[int] | None = None,
         accumulate: int = 1,
         epoch_batches: int | None = None,
+        length_grouping: int = 0,
+        example_lengths: Sequence[int] | None = None,
     ) -> None:
         self.task_sizes = [int(size) for size in task_sizes]
         self.probabilities = tuple(float(p) for p in task_probabilities(self.task_sizes, policy, temperature))
@@ -146,6 +152,14 @@ class MultiTaskBatchSampler(BatchSampler):
                 raise ValueError(
                     f"example_tokens has {len(self.example_tokens)} entries for {self.num_examples} examples"
                 )
+        if length_grouping < 0:
+            raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
+        self.length_grouping = int(length_grouping)
+        self.example_lengths = None
+        if self.length_grouping:
+            if example_lengths is None or len(example_lengths) != self.num_examples:
+                raise ValueError("length_grouping needs example_lengths: one length per training example")
+            self.example_lengths = np.asarray(example_lengths, dtype=np.int64)
         self.epoch = 0
         self._skip = 0  # batches the next iteration skips: a restored position, consumed once
         self._position = 0
@@ -200,7 +214,21 @@ class MultiTaskBatchSampler(BatchSampler):
             passes = -(-len(where) // size)
             stream = np.concatenate([task_rng.permutation(size) for _ in range(passes)])
             order[where] = self.offsets[task] + stream[: len(where)]
-        return order.reshape(self.num_batches, self.num_replicas * self.batch_size)
+        batches = order.reshape(self.num_batches, self.num_replicas * self.batch_size)
+        return self._group_by_length(batches, epoch) if self.length_grouping > 1 else batches
+
+    def _group_by_length(self, batches: np.ndarray, epoch: int) -> np.ndarray:
+        """Sort each run of ``length_grouping`` global batches by length, re-cut, shuffle the batch order."""
+        assert self.example_lengths is not None
+        rng = np.random.default_rng([self.seed % 2**63, epoch, 0])
+        grouped = batches.copy()
+        for first in range(0, len(batches), self.length_grouping):
+            chunk = batches[first : first + self.length_grouping]
+            flat = chunk.reshape(-1)
+            # Longest first within the chunk, ties kept in sampled order; then the chunk's batches shuffled.
+            flat = flat[np.argsort(-self.example_lengths[flat], kind="stable")]
+            grouped[first : first + len(chunk)] = flat.reshape(chunk.shape)[rng.permutation(len(chunk))]
+        return grouped
 
     def __iter__(self) -> Iterator[list[int]]:
         # A generator: nothing is computed until the first batch is requested, so set_epoch/start_at
@@ -255,4 +283,5 @@ class MultiTaskBatchSampler(BatchSampler):
             "num_replicas": self.num_replicas,
             "policy": self.policy,
             "temperature": self.temperature,
+            "length_grouping": self.length_grouping,
         }
