@@ -10,6 +10,11 @@ Prints, per set-up, the median wall time of a whole training step (batch start t
 hook is included), its ratio to the steps without telemetry, the mean time inside the telemetry hook (mean,
 not median: log steps are rare spikes that a median would hide) and the median time of a log step's logging.
 
+Then the routing views, which are drawn at each validation (two labelled matplotlib heatmaps, PNG-encoded into
+the event file, and the Markdown table): the time to gather the routing of ``--val-batches`` validation batches
+and render them, median of ``--view-repeats``, and what that adds to a training step when validation runs every
+``--val-every`` steps (the configs' ``val_check_interval``), as a step-time ratio on top of each set-up.
+
     python benchmarks/telemetry_cost.py                        # CPU, about 2 minutes on 2 idle cores
     python benchmarks/telemetry_cost.py --steps 300 --device cuda
 """
@@ -20,6 +25,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from itertools import islice
 from typing import Any
 
 import lightning as L
@@ -28,7 +34,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from hycam_pl.callbacks import RoutingTelemetry
 from hycam_pl.data import MultiTaskDataModule
-from hycam_pl.modulation import HyCAMConfig
+from hycam_pl.modulation import HyCAMConfig, routing_statistics
 from hycam_pl.training import MultiTaskLM
 
 TASKS = ("arithmetic", "code", "qa", "list_ops")
@@ -108,6 +114,11 @@ def main() -> None:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
     )
+    parser.add_argument(
+        "--val-every", type=int, default=100, help="validation cadence the views amortise over"
+    )
+    parser.add_argument("--val-batches", type=int, default=4, help="validation batches the views gather")
+    parser.add_argument("--view-repeats", type=int, default=5)
     args = parser.parse_args()
     sync = args.device == "cuda"
     L.seed_everything(2333, verbose=False)
@@ -154,6 +165,8 @@ def main() -> None:
             callbacks=[driver],
         )
         trainer.fit(model, datamodule=data)
+        views = TimedTelemetry(every_n_steps=1, sync=sync)
+        view_times = time_views(views, trainer, model, data, args.val_batches, args.view_repeats, sync)
 
     base = statistics.median(driver.step_times["no telemetry"])
     print(
@@ -172,6 +185,53 @@ def main() -> None:
         logs = callback.log_times if isinstance(callback, TimedTelemetry) else []
         log = f"{1000 * statistics.median(logs):.2f} ({len(logs)} logs)" if logs else "-"
         print(f"| {name} | {1000 * median:.1f} | {median / base:.3f} | {hook} | {log} |")
+    view = statistics.median(view_times)
+    print(
+        f"\nRouting views at each validation ({args.val_batches} validation batches gathered, two heatmaps + "
+        f"the table rendered and written): {1000 * view:.1f} ms per validation (median of {len(view_times)}), "
+        f"{1000 * view / args.val_every:.2f} ms per step with validation every {args.val_every} steps"
+    )
+    print("| set-up | step ratio without views | with views at every validation |\n|---|---:|---:|")
+    for name in telemetry:
+        median = statistics.median(driver.step_times[name])
+        print(f"| {name} | {median / base:.3f} | {(median + view / args.val_every) / base:.3f} |")
+
+
+def time_views(
+    views: RoutingTelemetry,
+    trainer: L.Trainer,
+    model: MultiTaskLM,
+    data: MultiTaskDataModule,
+    batches: int,
+    repeats: int,
+    sync: bool,
+) -> list[float]:
+    """Seconds per validation's routing views: gather the evaluated batches' routing (the per-batch hook
+    work), reduce, render both heatmaps and the table, and write them to the run's TensorBoard logger."""
+    model.eval()
+    loader = list(islice(data.val_dataloader(), batches))
+    times = []
+    for repeat in range(repeats + 1):  # the first is a warm-up (font cache, first figure)
+        window = None
+        elapsed = 0.0
+        for batch in loader:
+            batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with torch.no_grad():
+                model(batch["input_ids"], batch["attention_mask"])
+            start = time.perf_counter()
+            window = views.accumulate(routing_statistics(model.model), batch, TASKS, window)
+            if sync:
+                torch.cuda.synchronize()
+            elapsed += time.perf_counter() - start
+        start = time.perf_counter()
+        views.log_views(
+            trainer, views._reduced(trainer, window), repeat, f"validation examples, step {repeat}"
+        )
+        elapsed += time.perf_counter() - start
+        if repeat:
+            times.append(elapsed)
+    model.train()
+    return times
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ def _top(shares: torch.Tensor) -> str:
     return f"expert {int(shares.argmax())} ({float(shares.max()):.2f})"
 
 
+def _task_tops(shares: torch.Tensor) -> set[int]:
+    """The most-used expert of every task with data in a ``(T, K)`` matrix."""
+    return {int(row.argmax()) for row in shares if not bool(torch.isnan(row).any())}
+
+
 def routing_markdown(
     heading: str,
     load: torch.Tensor,
@@ -101,6 +106,8 @@ def routing_markdown(
         cells = [_top(load[row])] + [_top(usage[row, t]) for t in range(len(tasks))]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     if tasks:
+        differ = sum(len(_task_tops(usage[row])) > 1 for row in range(len(layers)))
+        lines += ["", f"The tasks' most-used experts differ in {differ} of {len(layers)} layers."]
         lines += ["", "Task × expert shares per layer group (most-used expert in bold):", ""]
         lines.append("| layers | task | " + " | ".join(f"expert {k}" for k in range(num_experts)) + " |")
         lines.append("|---|---|" + "---:|" * num_experts)

@@ -195,6 +195,7 @@ def test_validation_views_show_the_evaluated_routing_with_task_names(tmp_path):
     for step, table in tables.items():
         assert f"Routing on the validation examples, step {step}" in table
         assert f"| layer | all tasks | {alpha} | {beta} | {gamma} |" in table
+        assert f"differ in 0 of {len(LAYERS)} layers" in table
         for i in LAYERS:
             assert f"| {i} | expert 2 (1.00) | expert 2 (1.00) | – | expert 2 (1.00) |" in table
             assert f"| {i} | {alpha} | 0.00 | 0.00 | **1.00** | 0.00 |" in table

@@ -68,6 +68,7 @@ def test_routing_markdown_names_each_layers_top_expert_overall_and_per_task():
     assert "| layer | all tasks | arithmetic | code | qa |" in lines
     assert "| 0 | expert 1 (0.90) | expert 1 (1.00) | expert 1 (0.80) | – |" in lines
     assert "| 5 | expert 0 (0.60) | expert 0 (0.70) | expert 1 (0.60) | – |" in lines
+    assert "The tasks' most-used experts differ in 1 of 2 layers." in lines
     # one layer group holding both layers: the mean of their shares, most-used in bold
     assert "| 0–5 | arithmetic | 0.35 | **0.65** |" in lines
     assert "| 0–5 | code | 0.30 | **0.70** |" in lines
