@@ -260,8 +260,9 @@ def write_plots(spec: SweepSpec, stats: list[GroupStats], directory: Path) -> li
                     ]
                 )
                 lines.setdefault(label, []).append(group)
-            for label, groups in lines.items():
-                xs = [position[_hashable_label(g.point[x_key])] for g in groups]
+            for index, (label, groups) in enumerate(lines.items()):
+                dodge = (index - (len(lines) - 1) / 2) * 0.06  # keeps overlapping error bars apart
+                xs = [position[_hashable_label(g.point[x_key])] + dodge for g in groups]
                 ax.errorbar(
                     xs,
                     [_nan(g.mean[metric]) for g in groups],
