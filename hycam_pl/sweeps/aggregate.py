@@ -326,7 +326,7 @@ def write_hparams(spec: SweepSpec, records: list[TrialRecord], directory: Path) 
     domains: dict[str, list[Any]] = {}
     for key in all_values[0] if all_values else []:
         seen = list(dict.fromkeys(v[key] for v in all_values))
-        if len({type(v) for v in seen}) == 1 and not isinstance(seen[0], float):
+        if len({type(v) for v in seen}) == 1 and isinstance(seen[0], (str, bool, int)):
             domains[key] = seen
     for record, values in zip(done, all_values, strict=True):
         metrics = {

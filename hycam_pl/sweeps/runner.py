@@ -260,4 +260,6 @@ def run_sweep(
         f"tensorboard --logdir {outputs['hparams']} (HParams tab)",
         flush=True,
     )
+    if done + len(failed_records) < len(records):
+        print(f"[sweep {spec.name}] unfinished trials remain: rerun the same command to run them", flush=True)
     return 0 if done == len(records) else 1

@@ -101,6 +101,10 @@ def write(tmp_path: Path, **sweep: object) -> Path:
             r"variants\.x\.configs: config file not found: nope\.yaml",
         ),
         (
+            {"overrides": {"trainer.logger": False}},
+            r"trial num_experts=1-seed=0: trainer\.logger=False: a sweep needs the TensorBoard logger",
+        ),
+        (
             {"overrides": {"model.hycam.num_experts.deeper": 1}},
             r"overrides: model\.hycam\.num_experts\.deeper: ",
         ),
