@@ -123,10 +123,10 @@ class _Progress:
             flush=True,
         )
 
-    def started(self, trial_id: str) -> None:
+    def started(self, trial_id: str, resume: bool = False) -> None:
         self.running += 1
         self.pending -= 1
-        self.line(f"started {trial_id}")
+        self.line(f"started {trial_id}{' (resuming from its last.ckpt)' if resume else ''}")
 
     def finished(self, trial_id: str, result: dict[str, Any], metrics: list[str]) -> None:
         self.running -= 1
@@ -170,7 +170,7 @@ def run_on_ray(
 
     class Progress(tune.Callback):
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            progress.started(_trial_name(trial))
+            progress.started(_trial_name(trial), trial.config["trial"]["resume"])
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             progress.finished(_trial_name(trial), trial.last_result or {}, metrics)
