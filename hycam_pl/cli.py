@@ -16,12 +16,25 @@ from lightning.pytorch.cli import LightningCLI
 from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.training import MultiTaskLM
 from hycam_pl.training.faults import install_atomic_checkpoint_io
+from hycam_pl.training.resume import check_output_directories, prepare_checkpoint
 from hycam_pl.training.validation import preflight, report_user_errors, validate_cli_config
 
 
 class HyCAMCLI(LightningCLI):
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's version re-parses the checkpoint's saved hyper-parameters over the user's ``model.*``
+        options, silently. Here the user's options stay; :func:`prepare_checkpoint` checks them against the
+        checkpoint instead (weight-defining options must match, the others take effect)."""
+
     def before_instantiate_classes(self) -> None:
         validate_cli_config(self.config, self.subcommand)  # model options, before any weights are loaded
+        if self.subcommand is None:
+            return
+        section = self.config[self.subcommand]
+        check_output_directories(section, self.subcommand)  # before the data or the weights are loaded
+        prepare_checkpoint(
+            section, self.subcommand
+        )  # resolve `last`, refuse unreadable/unfitting checkpoints
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

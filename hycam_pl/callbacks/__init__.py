@@ -1,6 +1,7 @@
-"""Lightning callbacks: routing telemetry in TensorBoard and the per-component model summary."""
+"""Lightning callbacks: routing telemetry and views in TensorBoard, the run's HParams, the model summary."""
 
+from hycam_pl.callbacks.hparams import HParamsSummary
 from hycam_pl.callbacks.routing import RoutingTelemetry
 from hycam_pl.callbacks.summary import ComponentSummary
 
-__all__ = ["ComponentSummary", "RoutingTelemetry"]
+__all__ = ["ComponentSummary", "HParamsSummary", "RoutingTelemetry"]

@@ -10,9 +10,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from hycam_pl.callbacks.heatmap import heatmap_image
+from hycam_pl.callbacks.views import custom_scalar_layout, heatmap_images, routing_markdown
 from hycam_pl.modulation import LayerRouting, find_state, routing_statistics
-from hycam_pl.modulation.balance import pooled_balance_loss
+from hycam_pl.modulation.balance import DEFAULT_BALANCE_SCOPE, balance_from_statistics
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +25,28 @@ class RoutingTelemetry(L.Callback):
     - ``router/layer_<i>/load/expert_<k>`` (fraction of tokens), ``router/layer_<i>/entropy`` (mean per-token
       router entropy, nats), ``router/layer_<i>/load_entropy`` (entropy of the mean load);
     - model-wide ``router/entropy``, ``router/load_entropy`` (means over layers), ``router/max_load`` and
-      ``router/balance_loss`` (``L_bal`` of the window's pooled tokens, same scaling as the training loss);
+      ``router/balance_loss`` (``L_bal`` of the window's tokens, same scope and scaling as the training loss);
     - ``router/task/<task>/expert_<k>``: the task x expert usage, from the batches' ``task_ids``;
     - histograms ``router/layer_<i>/probs`` of the router probabilities of the last batch's real tokens (rank 0's);
-    - images ``router/layer_expert_load`` and ``router/task_expert_usage`` (heatmaps, 0 to 1).
+    - once, a Custom Scalars layout: one chart per layer with its K expert loads, one of the per-layer entropies,
+      one per task with its K shares.
+
+    After each validation and at test, over the evaluated examples (the routing the model is judged with):
+
+    - images ``router/layer_expert_load`` (decoder layer x expert) and ``router/task_expert_usage`` (task x
+      expert, all layers): labelled heatmaps with the value in every cell and a fixed 0-1 colour scale;
+    - text ``router/table``: each layer's most-used expert overall and per task, and the task x expert shares
+      per layer group, as Markdown.
 
     Why a window and not the last batch: one batch is a noisy sample, and ``collapse`` (one expert taking more
     than ``collapse_share`` of a layer's tokens for ``collapse_patience`` consecutive logs, then a warning)
     should not fire on it. Between logs the only per-step work is a few small in-place adds on the device (no
-    host synchronisation). Under DDP every rank accumulates its own tokens; at a log step the window is summed
-    over ranks with one collective and rank 0 logs. Steps follow Lightning's ``self.log`` axis, so with
-    ``every_n_steps == log_every_n_steps`` the router points share x values with ``train/loss``. Models without
-    a router (``method: full``, plain CAM) are skipped silently.
+    host synchronisation). Figures are drawn only at validation and test, so the training steps never pay for
+    matplotlib. Under DDP every rank accumulates its own tokens; at a log step (and at the end of an
+    evaluation) the window is summed over ranks with one collective and rank 0 logs. Steps follow Lightning's
+    ``self.log`` axis, so with ``every_n_steps == log_every_n_steps`` the router points share x values with
+    ``train/loss``, and the evaluation views share those of ``val/loss``. Models without a router
+    (``method: full``, plain CAM) are skipped silently.
     """
 
     def __init__(
@@ -44,6 +54,8 @@ class RoutingTelemetry(L.Callback):
         every_n_steps: int = 50,
         histograms: bool = True,
         images: bool = True,
+        tables: bool = True,
+        layout: bool = True,
         collapse_share: float = 0.9,
         collapse_patience: int = 3,
     ) -> None:
@@ -56,11 +68,15 @@ class RoutingTelemetry(L.Callback):
         self.every_n_steps = every_n_steps
         self.histograms = histograms
         self.images = images
+        self.tables = tables
+        self.layout = layout
         self.collapse_share = collapse_share
         self.collapse_patience = collapse_patience
-        self._window: dict[str, torch.Tensor] | None = None
+        self._window: dict[str, torch.Tensor] | None = None  # training tokens since the last log
+        self._eval_window: dict[str, torch.Tensor] | None = None  # tokens of the running validation / test
         self._layers: list[int] = []
         self._task_names: list[str] = []
+        self._layout_written = False
         self._seen_step: int | None = None
         self._collapsed_for: dict[int, int] = {}
 
@@ -69,6 +85,7 @@ class RoutingTelemetry(L.Callback):
         self._window = None
         self._seen_step = trainer.global_step
         self._collapsed_for = {}
+        self._layout_written = False
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -78,35 +95,79 @@ class RoutingTelemetry(L.Callback):
         stats = routing_statistics(pl_module)
         if not stats:
             return
-        self.accumulate(stats, batch, _task_names(trainer))
+        self._window = self.accumulate(stats, batch, _task_names(trainer), self._window)
         # Log once per optimizer step (not once per accumulated micro-batch), on Lightning's cadence.
         stepped = trainer.global_step != self._seen_step
         self._seen_step = trainer.global_step
         if not stepped or trainer.global_step % self.every_n_steps != 0:
             return
-        window = self._reduced_window(trainer)
+        window = self._reduced(trainer, self._window)
         if trainer.is_global_zero:
             self.log_routing(trainer, pl_module, stats, window, step=_logging_step(trainer))
         self._window = None
 
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._accumulate_eval(pl_module, batch, trainer)
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any
+    ) -> None:
+        self._accumulate_eval(pl_module, batch, trainer)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._finish_eval(trainer, "validation")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish_eval(trainer, "test")
+
+    def _accumulate_eval(self, pl_module: L.LightningModule, batch: Any, trainer: L.Trainer) -> None:
+        if not (self.images or self.tables) or find_state(pl_module, required=False) is None:
+            return
+        stats = routing_statistics(pl_module)
+        if stats:
+            self._eval_window = self.accumulate(stats, batch, _task_names(trainer), self._eval_window)
+
+    def _finish_eval(self, trainer: L.Trainer, stage: str) -> None:
+        if self._eval_window is None:
+            return
+        window = self._reduced(trainer, self._eval_window)
+        self._eval_window = None
+        if trainer.is_global_zero:
+            step = _logging_step(trainer)
+            # A test run restores no loop state (its step is 0): its title names no step.
+            title = f"{stage} examples, step {step}" if stage == "validation" else f"{stage} examples"
+            self.log_views(trainer, window, step, title)
+
     # ----------------------------------------------------------------------------------- accumulation
-    def accumulate(self, stats: Mapping[int, LayerRouting], batch: Any, task_names: Sequence[str]) -> None:
-        """Add one forward's routing statistics to the window (device tensors only, no host sync)."""
+    def accumulate(
+        self,
+        stats: Mapping[int, LayerRouting],
+        batch: Any,
+        task_names: Sequence[str],
+        window: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Add one forward's routing statistics to ``window`` (device tensors only, no host sync); return it.
+
+        A new window starts when there is none, or when the layers or tasks changed.
+        """
         layers = sorted(stats)
         first = stats[layers[0]]
         num_experts = first.gate_sum.shape[-1]
-        if self._window is None or self._layers != layers or self._task_names != list(task_names):
+        if window is None or self._layers != layers or self._task_names != list(task_names):
             zeros = first.gate_sum.new_zeros
             self._layers, self._task_names = layers, list(task_names)
-            self._window = {
+            window = {
                 "gate": zeros(len(layers), num_experts),
                 "prob": zeros(len(layers), num_experts),
                 "entropy": zeros(len(layers)),
                 "tokens": zeros(len(layers)),
-                "usage": zeros(len(task_names), num_experts),
-                "usage_tokens": zeros(len(task_names)),
+                "usage": zeros(len(layers), len(task_names), num_experts),
+                "usage_tokens": zeros(len(layers), len(task_names)),
             }
-        window = self._window
         per_layer = [stats[i] for i in layers]
         dtype = window["gate"].dtype
         window["gate"] += torch.stack([s.gate_sum for s in per_layer]).to(dtype)
@@ -115,23 +176,23 @@ class RoutingTelemetry(L.Callback):
         window["tokens"] += torch.stack([s.tokens for s in per_layer]).to(dtype)
         task_ids = batch.get("task_ids") if isinstance(batch, Mapping) else None
         if task_ids is None or not task_names:
-            return
-        gate = torch.stack([s.example_gate_sum for s in per_layer]).sum(0)  # (B, K) summed over layers
-        tokens = torch.stack([s.example_tokens for s in per_layer]).sum(0)  # (B,)
+            return window
+        gate = torch.stack([s.example_gate_sum for s in per_layer])  # (L, B, K)
+        tokens = torch.stack([s.example_tokens for s in per_layer])  # (L, B)
         ids = task_ids.to(device=gate.device, dtype=torch.long)
-        window["usage"].index_add_(0, ids, gate.to(dtype))
-        window["usage_tokens"].index_add_(0, ids, tokens.to(dtype))
+        window["usage"].index_add_(1, ids, gate.to(dtype))
+        window["usage_tokens"].index_add_(1, ids, tokens.to(dtype))
+        return window
 
-    def _reduced_window(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
-        """The window summed over ranks (one collective on a flat tensor; every rank must call it)."""
-        assert self._window is not None
-        names = list(self._window)
+    def _reduced(self, trainer: L.Trainer, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``window`` summed over ranks (one collective on a flat tensor; every rank must call it)."""
+        names = list(window)
         if trainer.world_size > 1:
-            flat = torch.cat([self._window[n].flatten() for n in names])
+            flat = torch.cat([window[n].flatten() for n in names])
             flat = trainer.strategy.reduce(flat, reduce_op="sum")
-            parts = flat.split([self._window[n].numel() for n in names])
-            return {n: part.view_as(self._window[n]) for n, part in zip(names, parts)}
-        return dict(self._window)
+            parts = flat.split([window[n].numel() for n in names])
+            return {n: part.view_as(window[n]) for n, part in zip(names, parts)}
+        return dict(window)
 
     # ---------------------------------------------------------------------------------------- logging
     def log_routing(
@@ -162,26 +223,47 @@ class RoutingTelemetry(L.Callback):
         scalars["router/load_entropy"] = float(load_entropy.mean())
         scalars["router/max_load"] = float(load.max())
         scalars["router/balance_loss"] = self._balance_loss(pl_module, host)
-        seen = host["usage_tokens"] > 0  # tasks absent from the window get no point (NaN in the heatmap)
-        usage = host["usage"] / host["usage_tokens"].clamp_min(1).unsqueeze(-1)
-        usage[~seen] = math.nan
+        usage, seen = _task_shares(host["usage"].sum(0), host["usage_tokens"].sum(0))
         for t, name in enumerate(self._task_names):
             if seen[t]:
                 for k, value in enumerate(usage[t].tolist()):
                     scalars[f"router/task/{name}/expert_{k}"] = value
+        layout = None
+        if self.layout and not self._layout_written:
+            layout = custom_scalar_layout(self._layers, load.shape[-1], self._task_names)
+            self._layout_written = True
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
             writer = getattr(logger, "experiment", None)
+            if layout is not None and hasattr(writer, "add_custom_scalars"):
+                writer.add_custom_scalars(layout)
             if self.histograms and hasattr(writer, "add_histogram_raw"):
                 for row, index in enumerate(self._layers):
                     _write_histogram(writer, f"router/layer_{index}/probs", host["histograms"][row], step)
-            if self.images and hasattr(writer, "add_image"):
-                writer.add_image("router/layer_expert_load", heatmap_image(load), step, dataformats="CHW")
-                if bool(seen.any()):
-                    writer.add_image(
-                        "router/task_expert_usage", heatmap_image(usage), step, dataformats="CHW"
-                    )
         return scalars
+
+    def log_views(
+        self, trainer: L.Trainer, window: Mapping[str, torch.Tensor], step: int, title: str
+    ) -> dict[str, Any]:
+        """Write the evaluation window's heatmaps and Markdown table to every logger that takes them; return
+        ``{"load": (L, K), "usage": (L, T, K), "task_usage": (T, K)}`` shares (NaN rows: task absent)."""
+        host = _to_host(window)
+        load = host["gate"] / host["tokens"].clamp_min(1).unsqueeze(-1)
+        usage, _ = _task_shares(host["usage"], host["usage_tokens"])
+        task_usage, _ = _task_shares(host["usage"].sum(0), host["usage_tokens"].sum(0))
+        writers = [getattr(logger, "experiment", None) for logger in trainer.loggers]
+        if self.images and any(hasattr(w, "add_image") for w in writers):
+            images = heatmap_images(title, load, task_usage, self._layers, self._task_names)
+            for writer in writers:
+                if hasattr(writer, "add_image"):
+                    for tag, pixels in images.items():
+                        writer.add_image(tag, pixels, step, dataformats="HWC")
+        if self.tables:
+            table = routing_markdown(f"Routing on the {title}", load, usage, self._layers, self._task_names)
+            for writer in writers:
+                if hasattr(writer, "add_text"):
+                    writer.add_text("router/table", table, step)
+        return {"load": load, "usage": usage, "task_usage": task_usage}
 
     @staticmethod
     def _histograms(stats: Mapping[int, LayerRouting]) -> torch.Tensor:
@@ -209,11 +291,11 @@ class RoutingTelemetry(L.Callback):
         return torch.stack(rows)
 
     def _balance_loss(self, pl_module: torch.nn.Module, host: Mapping[str, torch.Tensor]) -> float:
-        """``sum_k mean(g_k) * mean(p_k)`` over the window's tokens of all layers (METHOD.md §3)."""
-        scale = bool(find_state(pl_module).config.balance_scale_by_experts)
-        return float(
-            pooled_balance_loss(host["gate"].sum(0), host["prob"].sum(0), host["tokens"].sum(), scale)
-        )
+        """``L_bal`` over the window's tokens, per layer or pooled as configured (METHOD.md §3)."""
+        config = find_state(pl_module).config
+        scope = config.balance_scope or DEFAULT_BALANCE_SCOPE
+        scale = bool(config.balance_scale_by_experts)
+        return float(balance_from_statistics(host["gate"], host["prob"], host["tokens"], scope, scale))
 
     def _check_collapse(self, layer: int, load: torch.Tensor, step: int) -> None:
         if load.numel() < 2:  # a single expert always takes everything: nothing to warn about
@@ -233,6 +315,15 @@ class RoutingTelemetry(L.Callback):
                 )
         else:
             self._collapsed_for[layer] = 0
+
+
+def _task_shares(usage: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(..., T, K)`` gate sums over ``(..., T)`` tokens -> shares, NaN where a task had no token; and the mask
+    of tasks seen (absent tasks get no scalar point and a grey cell)."""
+    seen = tokens > 0
+    shares = usage / tokens.clamp_min(1).unsqueeze(-1)
+    shares[~seen] = math.nan
+    return shares, seen
 
 
 def _task_names(trainer: L.Trainer) -> list[str]:

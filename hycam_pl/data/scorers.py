@@ -10,6 +10,8 @@ import re
 import string
 from collections.abc import Callable
 
+from hycam_pl.metrics.exact_match import exact_match
+
 Scorer = Callable[[str, str], float]
 
 _SCORERS: dict[str, Scorer] = {}
@@ -31,16 +33,6 @@ def get_scorer(name: str) -> Scorer:
 def scorer_names() -> list[str]:
     """The registered scorer names, sorted."""
     return sorted(_SCORERS)
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    """1.0 when the strings are equal after stripping surrounding whitespace."""
-    return float(prediction.strip() == reference.strip())
-
-
-def whitespace_exact_match(prediction: str, reference: str) -> float:
-    """1.0 when equal after collapsing every whitespace run to one space (code answers, spacing-agnostic)."""
-    return float(" ".join(prediction.split()) == " ".join(reference.split()))
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -108,6 +100,11 @@ def final_answer_match(prediction: str, reference: str) -> float:
         return float(predicted == expected)
 
 
+# ``exact_match`` is the one exact-match definition of the project (also the ``exact_match`` column of
+# every results table): equal after stripping the ends and collapsing inner whitespace runs, case and
+# punctuation kept; see hycam_pl.metrics.exact_match. ``whitespace_exact_match`` is kept as another name
+# for it so that existing configs keep working.
+whitespace_exact_match = exact_match
 register_scorer("exact_match", exact_match)
 register_scorer("whitespace_exact_match", whitespace_exact_match)
 register_scorer("normalized_exact_match", normalized_exact_match)

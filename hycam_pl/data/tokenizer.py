@@ -1,7 +1,8 @@
 """Load the tokenizer a run uses, offline-friendly, always with a pad token.
 
 ``"byte"`` is a file-free byte-level tokenizer (``ByT5Tokenizer``: 256 byte ids plus specials, 384 in
-total), so tests and smoke runs need nothing from the Hub. Size embeddings with ``len(tokenizer)``.
+total), so tests and smoke runs need nothing from the Hub. Size embeddings with ``len(tokenizer)``. A ``.gguf``
+path or a packaged model name (``smollm2-135m-instruct``) loads the tokenizer of its converted folder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedTokenizerBase
 
 from hycam_pl.data.hub import hub_offline
+from hycam_pl.gguf import converted_folder, is_gguf_source
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +21,8 @@ BYTE_TOKENIZER = "byte"
 
 
 def load_tokenizer(name_or_path: str, padding_side: str = "right") -> PreTrainedTokenizerBase:
-    """Return the tokenizer ``name_or_path``: ``"byte"``, a local directory, or a Hub name.
+    """Return the tokenizer ``name_or_path``: ``"byte"``, a GGUF file or packaged model, a local directory, or a
+    Hub name.
 
     A Hub name is looked up in the local cache first; if it is not cached and the Hub is offline
     (``HF_HUB_OFFLINE`` set or the endpoint unreachable) this raises ``FileNotFoundError`` within seconds
@@ -30,6 +33,8 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right") -> PreTrained
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if name_or_path == BYTE_TOKENIZER:
         tokenizer: PreTrainedTokenizerBase = ByT5Tokenizer()
+    elif is_gguf_source(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(str(converted_folder(name_or_path, "data.tokenizer")))
     elif Path(name_or_path).expanduser().exists():
         tokenizer = AutoTokenizer.from_pretrained(str(Path(name_or_path).expanduser()))
     elif _looks_like_path(name_or_path):

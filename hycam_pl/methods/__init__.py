@@ -7,5 +7,16 @@ Register a new one with :func:`register_method`; ``MultiTaskLM(method=<name>)`` 
 from hycam_pl.methods.base import METHODS, AdaptationMethod, build_method, register_method
 from hycam_pl.methods.full import FullFineTuning
 from hycam_pl.methods.hycam import HyCAMMethod
+from hycam_pl.methods.mixture import MixtureMethod
+from hycam_pl.methods.peft_methods import PeftMethod
 
-__all__ = ["METHODS", "AdaptationMethod", "FullFineTuning", "HyCAMMethod", "build_method", "register_method"]
+__all__ = [
+    "METHODS",
+    "AdaptationMethod",
+    "FullFineTuning",
+    "HyCAMMethod",
+    "MixtureMethod",
+    "PeftMethod",
+    "build_method",
+    "register_method",
+]

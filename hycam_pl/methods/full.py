@@ -6,15 +6,15 @@ from typing import Any
 
 from torch import nn
 
-from hycam_pl.methods.base import AdaptationMethod, register_method
+from hycam_pl.methods.base import AdaptationMethod, refuse_method_options, register_method, warn_unused_hycam
 
 
 class FullFineTuning(AdaptationMethod):
     name = "full"
 
-    def __init__(self, hycam: Any = None) -> None:
-        if hycam is not None:
-            raise ValueError("model.hycam is set but model.method='full' does not use it; remove model.hycam")
+    def __init__(self, hycam: Any = None, method_options: dict[str, Any] | None = None) -> None:
+        refuse_method_options("full", method_options, "full fine-tuning has no options")
+        warn_unused_hycam("full", hycam)
 
     def apply(self, model: nn.Module) -> nn.Module:
         return model.requires_grad_(True)

@@ -7,23 +7,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from hycam_pl.methods.base import AdaptationMethod, _groups, register_method
+from hycam_pl.methods.base import AdaptationMethod, _groups, refuse_method_options, register_method
 from hycam_pl.modulation import HyCAMConfig, attach, balance_loss, count_parameters, save_adapter
+from hycam_pl.modulation.config import ROUTING_DEFAULTS, warn_once
 from hycam_pl.modulation.model import component_of
 
 
 class HyCAMMethod(AdaptationMethod):
     """``method: hycam`` (shared CAM + experts + router) or ``method: cam`` (the shared CAM alone)."""
 
-    def __init__(self, hycam: HyCAMConfig | None = None, single: bool = False) -> None:
+    exports_adapter = True
+
+    def __init__(
+        self,
+        hycam: HyCAMConfig | None = None,
+        single: bool = False,
+        method_options: dict[str, Any] | None = None,
+    ) -> None:
         self.name = "cam" if single else "hycam"
+        refuse_method_options(self.name, method_options, "set its options under model.hycam")
         if single:
-            if hycam is not None and hycam.num_experts != 0:
-                raise ValueError(
-                    f"model.method='cam' is the single shared CAM, but model.hycam.num_experts={hycam.num_experts}; "
-                    "use method 'hycam' for experts or set num_experts: 0"
-                )
-            hycam = hycam or HyCAMConfig(num_experts=0)
+            hycam = _single_cam(hycam) if hycam is not None else HyCAMConfig(num_experts=0)
         self.config = hycam or HyCAMConfig()
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -37,7 +41,8 @@ class HyCAMMethod(AdaptationMethod):
     def parameter_groups(
         self, model: nn.Module, learning_rate: float, weight_decay: float, overrides: dict[str, float]
     ) -> list[dict[str, Any]]:
-        """Separate learning rates for the shared CAM and for the experts + router; no decay on biases."""
+        """Separate learning rates for the shared CAM and for the experts + router; biases (the stacked
+        ``(K, r)``/``(K, d)`` expert biases too) and norms never decay (see :meth:`decays`)."""
         shared_lr = overrides.get("shared", learning_rate)
         expert_lr = overrides.get("experts", learning_rate)
         buckets: dict[tuple[str, bool], list] = {}
@@ -46,7 +51,7 @@ class HyCAMMethod(AdaptationMethod):
                 continue
             component = component_of(name)
             family = "shared" if component in ("shared", "backbone") else "experts"
-            buckets.setdefault((family, param.ndim > 1), []).append(param)
+            buckets.setdefault((family, self.decays(name, param)), []).append(param)
         specs = []
         for family, lr in (("shared", shared_lr), ("experts", expert_lr)):
             specs.append((f"{family}", buckets.get((family, True), []), lr, weight_decay))
@@ -60,5 +65,18 @@ class HyCAMMethod(AdaptationMethod):
         return count_parameters(model)
 
 
-register_method("hycam", lambda hycam=None: HyCAMMethod(hycam))
-register_method("cam", lambda hycam=None: HyCAMMethod(hycam, single=True))
+def _single_cam(config: HyCAMConfig) -> HyCAMConfig:
+    """``method: cam`` keeps the config's CAM options and drops its experts and routing, with a warning, so that
+    ``--model.method cam`` alone turns any HyCAM config into its CAM baseline."""
+    if config.num_experts == 0:
+        return config
+    warn_once(
+        f"model.method='cam' is the single shared CAM: model.hycam.num_experts={config.num_experts} and its "
+        "expert/routing options are ignored (use method 'hycam' for experts)"
+    )
+    kept = {k: v for k, v in config.to_dict().items() if k not in ROUTING_DEFAULTS}
+    return HyCAMConfig.from_dict({**kept, "num_experts": 0})
+
+
+register_method("hycam", lambda hycam=None, method_options=None: HyCAMMethod(hycam, False, method_options))
+register_method("cam", lambda hycam=None, method_options=None: HyCAMMethod(hycam, True, method_options))

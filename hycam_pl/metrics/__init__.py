@@ -1,28 +1,32 @@
 """Evaluation metrics for multi-task adaptation: plain torch + torchmetrics, no Lightning.
 
-* Text metrics, all offline: corpus BLEU-4, ROUGE-1/2/L F-measure, exact match, task scores.
+* Text metrics, all offline: corpus sacreBLEU and rouge_score's ROUGE-1/2/L F-measure (same numbers as
+  those packages, which papers report), exact match, task scores; ``None`` marks a metric that is not
+  applicable to a task.
 * Teacher-forced loss and token-weighted perplexity.
 * :class:`TaskMetrics`: one independent set of the above per task, as an ``nn.Module``.
 * Results files (JSON + Markdown) and routing diagnostics (entropies, task × expert usage).
 """
 
-from hycam_pl.metrics.bleu import CorpusBLEU4
+from hycam_pl.metrics.bleu import BLEU_ORDER, SacreBLEU
 from hycam_pl.metrics.exact_match import ExactMatch, exact_match, normalize_for_exact_match
 from hycam_pl.metrics.generation import GenerationMetrics
 from hycam_pl.metrics.results import flatten_results, format_results_table, format_value, write_results
-from hycam_pl.metrics.rouge import ROUGE_KEYS, RougeF1
+from hycam_pl.metrics.rouge import ROUGE_KEYS, ROUGE_MIN_TOKENS, RougeF1
 from hycam_pl.metrics.routing import expert_load, load_entropy, router_entropy, usage_matrix
 from hycam_pl.metrics.task_metrics import MACRO, TaskMetrics, macro_average
 from hycam_pl.metrics.task_score import Scorer, TaskScore
 from hycam_pl.metrics.teacher_forced import TeacherForcedLoss
 
 __all__ = [
+    "BLEU_ORDER",
     "MACRO",
     "ROUGE_KEYS",
-    "CorpusBLEU4",
+    "ROUGE_MIN_TOKENS",
     "ExactMatch",
     "GenerationMetrics",
     "RougeF1",
+    "SacreBLEU",
     "Scorer",
     "TaskMetrics",
     "TaskScore",

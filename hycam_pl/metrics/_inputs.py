@@ -11,8 +11,8 @@ from torch import Tensor
 def check_string_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
     """Fail loudly on the mistakes that otherwise score silently.
 
-    A bare string is a sequence of characters, and torchmetrics' BLEU would read a list of
-    reference strings as lists of one-character references; both give plausible wrong numbers.
+    A bare string is a sequence of characters, so it would be scored as one-character
+    predictions or references: a plausible wrong number rather than an error.
     """
     if isinstance(predictions, str) or isinstance(references, str):
         raise TypeError("predictions and references must be sequences of strings, not a single string")

@@ -1,5 +1,10 @@
 """Exact match between a generated answer and its reference, after light normalisation.
 
+This is the project's only exact-match definition: the ``exact_match`` column of every results
+table and the default task scorer ``exact_match`` (:mod:`hycam_pl.data.scorers`) are this function,
+so the two always agree. Definition: equal after stripping both ends and collapsing every inner
+whitespace run (spaces, tabs, newlines) to one space; case and punctuation count.
+
 Why normalise at all: generation often differs from the reference only by leading/trailing
 whitespace or a doubled space, which says nothing about the answer's quality. Why so little:
 case, punctuation and articles can carry meaning (code, numbers, names), so they are kept.

@@ -3,6 +3,9 @@
 Both are written atomically (temporary file in the same directory, then ``os.replace``), so a
 crash or a concurrent reader never sees half a file. Rows are tasks in the given order with
 ``"macro"`` last; columns are metrics in a fixed preferred order, then any others by first use.
+A metric that is not applicable to a task (value ``None``) is ``null`` in JSON and ``n/a`` in the
+table; a metric a task does not report at all is ``–``; a non-finite value is ``nan``/``inf`` in
+the table and ``null`` in JSON (strict JSON has no such numbers).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ RESULTS_MD = "results.md"
 PREFERRED_COLUMNS: tuple[str, ...] = (
     "loss",
     "ppl",
-    "bleu4",
+    "sacrebleu",
     "rouge1",
     "rouge2",
     "rougeL",
@@ -29,15 +32,16 @@ PREFERRED_COLUMNS: tuple[str, ...] = (
     "task_score",
 )
 MISSING = "–"
+NOT_APPLICABLE = "n/a"
 
 
 def write_results(
-    results: Mapping[str, Mapping[str, float]], run_dir: str | os.PathLike
+    results: Mapping[str, Mapping[str, float | None]], run_dir: str | os.PathLike
 ) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` into ``run_dir`` (created if needed); return both paths.
 
-    JSON keeps the nested ``{task: {metric: value}}`` shape; NaN and infinities become ``null``
-    (strict JSON has no such numbers).
+    JSON keeps the nested ``{task: {metric: value}}`` shape; not-applicable values, NaN and
+    infinities become ``null`` (``results.md`` tells them apart).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +56,7 @@ def write_results(
     return json_path, md_path
 
 
-def format_results_table(results: Mapping[str, Mapping[str, float]]) -> str:
+def format_results_table(results: Mapping[str, Mapping[str, float | None]]) -> str:
     """A Markdown table: one row per task then ``macro``, one column per metric."""
     rows = [task for task in results if task != MACRO] + ([MACRO] if MACRO in results else [])
     columns = results_columns(results)
@@ -66,7 +70,7 @@ def format_results_table(results: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def results_columns(results: Mapping[str, Mapping[str, float]]) -> list[str]:
+def results_columns(results: Mapping[str, Mapping[str, float | None]]) -> list[str]:
     """Metric names present in ``results``: preferred ones in their fixed order, others after."""
     present: dict[str, None] = {}
     for values in results.values():
@@ -75,9 +79,12 @@ def results_columns(results: Mapping[str, Mapping[str, float]]) -> list[str]:
 
 
 def format_value(value: float | int | None) -> str:
-    """Four decimals for scores and losses, two for large values (perplexities), scientific at extremes."""
+    """Four decimals for scores and losses, two for large values (perplexities), scientific at extremes.
+
+    ``None`` (a metric not applicable to the task) is ``n/a``.
+    """
     if value is None:
-        return MISSING
+        return NOT_APPLICABLE
     if isinstance(value, bool) or isinstance(value, int):
         return str(int(value))
     value = float(value)
@@ -93,12 +100,16 @@ def format_value(value: float | int | None) -> str:
     return f"{value:.4f}"
 
 
-def flatten_results(results: Mapping[str, Mapping[str, float]], prefix: str = "") -> dict[str, float]:
-    """``{f"{prefix}{task}/{metric}": value}``, e.g. for ``LightningModule.log_dict``."""
+def flatten_results(results: Mapping[str, Mapping[str, float | None]], prefix: str = "") -> dict[str, float]:
+    """``{f"{prefix}{task}/{metric}": value}``, e.g. for ``LightningModule.log_dict``.
+
+    Not-applicable values (``None``) are left out: there is no number to log.
+    """
     return {
         f"{prefix}{task}/{metric}": value
         for task, values in results.items()
         for metric, value in values.items()
+        if value is not None
     }
 
 

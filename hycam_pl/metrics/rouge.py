@@ -1,17 +1,25 @@
-"""ROUGE-1, ROUGE-2 and ROUGE-L F-measure, averaged over examples, safe under DDP.
+"""ROUGE-1, ROUGE-2 and ROUGE-L F-measure as Google's ``rouge_score`` computes them, safe under DDP.
 
-Scoring is torchmetrics' own (``torchmetrics.functional.text.rouge_score`` with
-``use_stemmer=False`` and no ``rougeLsum``, both of which would need nltk and network access).
-Its tokenisation, like Google's ``rouge_score`` without stemming: lowercase, replace every run of
-characters outside ``[a-z0-9]`` by a space, split on whitespace. Punctuation is ignored, and so
-is every non-ASCII letter (text in other scripts scores as if empty).
+Why ``rouge_score``: papers report it, usually with its Porter stemmer, and ROUGE numbers are only
+comparable under the same tokenisation and stemming. Each pair is scored by
+``rouge_score.rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=...)`` itself.
+Its tokeniser lower-cases, replaces every run of characters outside ``[a-z0-9]`` by a space and
+splits; with stemming (the default here) words of more than 3 characters go through nltk's Porter
+stemmer, which works offline. Punctuation is ignored, and so is every non-ASCII letter (text in
+other scripts scores as if empty). ``rougeLsum`` is not computed (its sentence splitter needs
+downloaded nltk data).
 
-Why not the ``torchmetrics.text.ROUGEScore`` class: it keeps one tensor per example in list
-states with ``dist_reduce_fx=None`` and gathers them one collective per element, so when ranks
-hold different numbers of examples (the normal case once a mixed batch is split by task) the
-ranks fall out of step: wrong values on one rank and a crash or hang on another (checked with two
-gloo processes, torchmetrics 1.9). Here the state is the sum of per-example F-measures and the
-example count, both summed across processes.
+* **Aggregation** is the mean over examples of each example's F-measure, the number rouge_score
+  users report (its ``BootstrapAggregator``'s "mid" is a resampled estimate of this same mean).
+* **Not applicable.** ROUGE-n needs reference n-grams (n = 1, 2; ROUGE-L needs one token): when no
+  reference has at least n tokens, every prediction scores 0, a perfect one included. That key's
+  value is then NaN, reported as "n/a".
+
+Why not torchmetrics' ``ROUGEScore`` class: it keeps one tensor per example in list states with
+``dist_reduce_fx=None`` and gathers them one collective per element, so when ranks hold different
+numbers of examples (the normal case once a mixed batch is split by task) the ranks fall out of
+step (checked with two gloo processes, torchmetrics 1.9). Here the states are the sum of
+per-example F-measures, the example count and the count of long-enough references, all summed.
 """
 
 from __future__ import annotations
@@ -19,17 +27,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from rouge_score.rouge_scorer import RougeScorer
+from rouge_score.tokenizers import DefaultTokenizer
 from torch import Tensor
-from torchmetrics.functional.text import rouge_score
 
 from hycam_pl.metrics._inputs import check_string_pairs, nan_like
 from hycam_pl.metrics._pinned_dtype import PinnedDtypeMetric
 
 ROUGE_KEYS: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
+ROUGE_MIN_TOKENS: dict[str, int] = {"rouge1": 1, "rouge2": 2, "rougeL": 1}
+"""Reference length (rouge_score tokens) below which a reference holds nothing the key can match."""
 
 
 class RougeF1(PinnedDtypeMetric):
-    """Mean per-example ROUGE-1/2/L F-measure; ``compute()`` returns ``{"rouge1", "rouge2", "rougeL"}``."""
+    """Mean per-example ROUGE-1/2/L F-measure; ``compute()`` returns ``{"rouge1", "rouge2", "rougeL"}``.
+
+    Args:
+        use_stemmer: apply the Porter stemmer (rouge_score's ``use_stemmer``); default True.
+    """
 
     is_differentiable = False
     higher_is_better = True
@@ -37,26 +52,41 @@ class RougeF1(PinnedDtypeMetric):
 
     fmeasure_sum: Tensor
     total: Tensor
+    long_references: Tensor
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, use_stemmer: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.use_stemmer = bool(use_stemmer)
+        self.tokenizer = DefaultTokenizer(use_stemmer=self.use_stemmer)
+        self.scorer = RougeScorer(list(ROUGE_KEYS), tokenizer=self.tokenizer)
         self.add_state(
             "fmeasure_sum", torch.zeros(len(ROUGE_KEYS), dtype=torch.float64), dist_reduce_fx="sum"
         )
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state(
+            "long_references", torch.zeros(len(ROUGE_KEYS), dtype=torch.long), dist_reduce_fx="sum"
+        )
 
     def update(self, predictions: Sequence[str], references: Sequence[str]) -> None:
         """Add one batch of (prediction, single reference) pairs."""
         check_string_pairs(predictions, references)
+        fmeasures = [0.0] * len(ROUGE_KEYS)
+        long_references = [0] * len(ROUGE_KEYS)
         for prediction, reference in zip(predictions, references):
-            scores = rouge_score(prediction, reference, rouge_keys=ROUGE_KEYS, use_stemmer=False)
-            per_key = [float(scores[f"{key}_fmeasure"]) for key in ROUGE_KEYS]
-            self.fmeasure_sum += torch.tensor(per_key, dtype=torch.float64, device=self.fmeasure_sum.device)
+            scores = self.scorer.score(reference, prediction)  # rouge_score's order: target first
+            length = len(self.tokenizer.tokenize(reference))
+            for i, key in enumerate(ROUGE_KEYS):
+                fmeasures[i] += scores[key].fmeasure
+                long_references[i] += int(length >= ROUGE_MIN_TOKENS[key])
+        device = self.fmeasure_sum.device
+        self.fmeasure_sum += torch.tensor(fmeasures, dtype=torch.float64, device=device)
+        self.long_references += torch.tensor(long_references, dtype=torch.long, device=device)
         self.total += len(predictions)
 
     def compute(self) -> dict[str, Tensor]:
-        """Mean F-measure per key; NaN values when no example was seen."""
-        if self.total == 0:
-            return {key: nan_like(self.total) for key in ROUGE_KEYS}
-        means = self.fmeasure_sum / self.total.double()
-        return {key: means[i] for i, key in enumerate(ROUGE_KEYS)}
+        """Mean F-measure per key; NaN for a key that is not applicable, or when no example was seen."""
+        means = self.fmeasure_sum / self.total.double().clamp(min=1)
+        return {
+            key: means[i] if self.long_references[i] > 0 else nan_like(self.total)
+            for i, key in enumerate(ROUGE_KEYS)
+        }

@@ -85,3 +85,21 @@ def usage_matrix(task_ids: Tensor, expert_load_per_example: Tensor, num_tasks: i
     )
     counts = torch.bincount(task_ids, minlength=num_tasks).to(load.dtype).unsqueeze(1)
     return sums / counts
+
+
+def layer_groups(layers: list[int], max_groups: int = 4) -> list[list[int]]:
+    """Split layer indices (in order) into at most ``max_groups`` contiguous groups of near-equal size.
+
+    Why groups: a table with one row per task for each of 32 layers is unreadable; lower, middle and upper
+    layers are what people compare. Earlier groups take the extra layer when the split is uneven.
+    """
+    if max_groups < 1:
+        raise ValueError(f"max_groups={max_groups} must be >= 1")
+    count = min(max_groups, len(layers))
+    size, extra = divmod(len(layers), count) if count else (0, 0)
+    groups, start = [], 0
+    for g in range(count):
+        end = start + size + (1 if g < extra else 0)
+        groups.append(list(layers[start:end]))
+        start = end
+    return groups

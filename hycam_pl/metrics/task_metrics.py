@@ -22,7 +22,8 @@ from hycam_pl.metrics.teacher_forced import TeacherForcedLoss
 MACRO = "macro"
 """Key of the cross-task average in :meth:`TaskMetrics.compute`; not allowed as a task name."""
 
-Results = dict[str, dict[str, float]]
+Results = dict[str, dict[str, float | None]]
+"""``{task: {metric: value}}``; ``None`` is a metric not applicable to the task (shown as "n/a")."""
 
 
 class TaskMetrics(nn.Module):
@@ -33,9 +34,15 @@ class TaskMetrics(nn.Module):
             ``ModuleDict`` keys, so they must be non-empty and contain no ``"."``.
         scorers: optional task-specific ``scorer(prediction, reference) -> float`` per task
             name, reported as ``"task_score"`` for the tasks that have one.
+        rouge_stemmer: ROUGE with the Porter stemmer, as rouge_score's ``use_stemmer`` (default True).
     """
 
-    def __init__(self, task_names: Sequence[str], scorers: Mapping[str, Scorer] | None = None) -> None:
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        scorers: Mapping[str, Scorer] | None = None,
+        rouge_stemmer: bool = True,
+    ) -> None:
         super().__init__()
         self.task_names: tuple[str, ...] = tuple(task_names)
         _check_task_names(self.task_names)
@@ -45,7 +52,10 @@ class TaskMetrics(nn.Module):
             raise ValueError(f"scorers given for unknown tasks {unknown}; tasks are {list(self.task_names)}")
         self.teacher_forced = nn.ModuleDict({name: TeacherForcedLoss() for name in self.task_names})
         self.generation = nn.ModuleDict(
-            {name: GenerationMetrics(scorer=scorers.get(name)) for name in self.task_names}
+            {
+                name: GenerationMetrics(scorer=scorers.get(name), rouge_stemmer=rouge_stemmer)
+                for name in self.task_names
+            }
         )
 
     @property
@@ -112,8 +122,9 @@ class TaskMetrics(nn.Module):
 
         A task gets ``"loss"``/``"ppl"`` once it has scored tokens and the generation metrics
         once it has generated examples; a task with neither is left out. ``"macro"`` is the
-        unweighted (arithmetic) mean of each metric over the tasks that have it; for ``"ppl"``
-        that is the mean of the task perplexities, not ``exp`` of the macro loss.
+        unweighted (arithmetic) mean of each metric over the tasks that have it, leaving out tasks
+        where it is not applicable (``None``); for ``"ppl"`` that is the mean of the task
+        perplexities, not ``exp`` of the macro loss.
         """
         results: Results = {}
         with warnings.catch_warnings():
@@ -145,15 +156,21 @@ class TaskMetrics(nn.Module):
             )
 
 
-def macro_average(per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Mean of each metric over the tasks reporting it (the ``"macro"`` entry itself is ignored)."""
+def macro_average(per_task: Mapping[str, Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Mean of each metric over the tasks reporting it (the ``"macro"`` entry itself is ignored).
+
+    Not-applicable values (``None``) are left out; a metric applicable to no task stays ``None``.
+    NaN values (a diverged model) are kept, so they show in the average.
+    """
     collected: dict[str, list[float]] = {}
     for task, values in per_task.items():
         if task == MACRO:
             continue
         for metric, value in values.items():
-            collected.setdefault(metric, []).append(float(value))
-    return {metric: sum(values) / len(values) for metric, values in collected.items()}
+            numbers = collected.setdefault(metric, [])
+            if value is not None:
+                numbers.append(float(value))
+    return {metric: sum(values) / len(values) if values else None for metric, values in collected.items()}
 
 
 def _check_task_names(task_names: tuple[str, ...]) -> None:

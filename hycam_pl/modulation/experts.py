@@ -51,8 +51,8 @@ class StackedExperts(nn.Module):
         if self.bias_B is not None:
             nn.init.zeros_(self.bias_B)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (tokens, d) -> expert outputs (K, tokens, d)."""
+    def middle(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (tokens, d) -> ``(x A_k + a_k) N_k + n_k`` for every expert, (K, tokens, r)."""
         k, d, r = self.num_experts, self.hidden_size, self.rank
         down = x @ self.weight_A.permute(1, 0, 2).reshape(
             d, k * r
@@ -61,18 +61,141 @@ class StackedExperts(nn.Module):
             down = down + self.bias_A.reshape(-1)
         # bmm wants each expert's rows contiguous; the copy is only (K, tokens, r) with r small.
         down = down.view(-1, k, r).transpose(0, 1).contiguous()
-        mixed = (
-            torch.bmm(down, self.weight_N)
-            if self.bias_N is None
-            else torch.baddbmm(self.bias_N.unsqueeze(1), down, self.weight_N)
-        )
-        # s * (mixed B + b) with s folded into the small B and b: one pass over the (K, tokens, d) output.
-        up_weight = self.weight_B * self.scaling
-        if self.bias_B is None:
-            up = torch.bmm(mixed, up_weight)
-        else:
-            up = torch.baddbmm((self.bias_B * self.scaling).unsqueeze(1), mixed, up_weight)
-        return F.silu(up)
+        if self.bias_N is None:
+            return torch.bmm(down, self.weight_N)
+        return torch.baddbmm(self.bias_N.unsqueeze(1), down, self.weight_N)
+
+    def scaled_up(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``s * B`` and ``s * b``: the scale folded into the small up-projection, so the (tokens, d) output needs
+        one pass."""
+        bias = None if self.bias_B is None else self.bias_B * self.scaling
+        return self.weight_B * self.scaling, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (tokens, d) -> every expert's output (K, tokens, d). The dense form; :meth:`mix` is what layers use."""
+        mixed = self.middle(x)
+        up_weight, up_bias = self.scaled_up()
+        if up_bias is None:
+            return F.silu(torch.bmm(mixed, up_weight))
+        return F.silu(torch.baddbmm(up_bias.unsqueeze(1), mixed, up_weight))
+
+    def mix(self, x: torch.Tensor, gates: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """``sum_k g_k E_k(x)``, (tokens, d).
+
+        With ``index`` (the gate values are one-hot: hard training routing or argmax evaluation) only each token's
+        selected expert is evaluated forward. In training the straight-through gradient of every gate still needs
+        every expert's output, ``dL/dg_k = <dL/dout, E_k(x)>``; :class:`_SelectedExpertMix` recomputes those one
+        expert at a time in backward instead of keeping a (K, tokens, d) tensor alive between passes.
+        """
+        if index is None:
+            expert_out = self(x)
+            return torch.einsum("nk,knd->nd", gates.to(expert_out.dtype), expert_out)
+        middle = self.middle(x)
+        up_weight, up_bias = self.scaled_up()
+        if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (middle, gates, up_weight, up_bias)
+        ):
+            return _SelectedExpertMix.apply(middle, gates, up_weight, up_bias, index)
+        dtype = _compute_dtype(middle)
+        with _autocast_off(middle):
+            pre = _selected_preactivation(middle.to(dtype), up_weight.to(dtype), _cast(up_bias, dtype), index)
+            return gates.gather(1, index[:, None]).to(dtype) * F.silu(pre)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, rank={self.rank}, scaling={self.scaling}"
+
+
+# ------------------------------------------------------------------------------------ sparse (selected) mixing
+_GATHER_MAX_TOKENS = 64  # up to this many tokens, gather each token's (r, d) weight; above, group by expert
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
+
+
+def _autocast_off(t: torch.Tensor) -> torch.autocast:
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _expert_groups(index: torch.Tensor, num_experts: int) -> list[tuple[int, torch.Tensor]]:
+    """(expert, token positions) for every expert that received at least one token."""
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=num_experts).tolist()
+    groups, start = [], 0
+    for k, count in enumerate(counts):
+        if count:
+            groups.append((k, order[start : start + count]))
+        start += count
+    return groups
+
+
+def _selected_preactivation(
+    middle: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor
+) -> torch.Tensor:
+    """Each token's ``middle[index_t, t] @ W[index_t] + b[index_t]``, (tokens, d)."""
+    tokens = middle.shape[1]
+    rows = middle[index, torch.arange(tokens, device=middle.device)]  # (tokens, r)
+    if tokens <= _GATHER_MAX_TOKENS:  # generation: a handful of tokens, no host sync
+        out = torch.bmm(rows.unsqueeze(1), weight[index]).squeeze(1)
+        return out if bias is None else out + bias[index]
+    out = rows.new_empty(tokens, weight.shape[-1])
+    for k, positions in _expert_groups(index, weight.shape[0]):
+        chunk = rows[positions] @ weight[k]
+        out[positions] = chunk if bias is None else chunk + bias[k]
+    return out
+
+
+class _SelectedExpertMix(torch.autograd.Function):
+    """``out_t = g[t, index_t] * SiLU(middle[index_t, t] W[index_t] + b[index_t])`` with the gradient of the dense
+    ``sum_k g_k SiLU(middle_k W_k + b_k)`` (equal because the non-selected gate values are exactly 0)."""
+
+    @staticmethod
+    def forward(ctx, middle, gates, weight, bias, index):  # type: ignore[override]
+        dtype = _compute_dtype(middle)
+        ctx.dtypes = (middle.dtype, weight.dtype, None if bias is None else bias.dtype)
+        with _autocast_off(middle):
+            middle, weight, bias = middle.to(dtype), weight.to(dtype), _cast(bias, dtype)
+            pre = _selected_preactivation(middle, weight, bias, index)
+            selected_gate = gates.gather(1, index[:, None])
+            out = selected_gate.to(dtype) * F.silu(pre)
+        ctx.save_for_backward(middle, gates, weight, bias, index, pre)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        middle, gates, weight, bias, index, pre = ctx.saved_tensors
+        middle_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        num_experts, tokens = weight.shape[0], middle.shape[1]
+        grad_middle = grad_gates = grad_weight = grad_bias = None
+        with _autocast_off(middle):
+            grad_out = grad_out.to(pre.dtype)
+            if ctx.needs_input_grad[1]:
+                # Every expert's output, one at a time, only to dot it with the incoming gradient.
+                grad_gates = torch.empty(tokens, num_experts, dtype=gates.dtype, device=gates.device)
+                for k in range(num_experts):
+                    pre_k = (
+                        middle[k] @ weight[k] if bias is None else torch.addmm(bias[k], middle[k], weight[k])
+                    )
+                    grad_gates[:, k] = (grad_out * F.silu(pre_k)).sum(-1).to(gates.dtype)
+            if any(ctx.needs_input_grad[i] for i in (0, 2, 3)):
+                sig = torch.sigmoid(pre)
+                selected_gate = gates.gather(1, index[:, None]).to(pre.dtype)
+                grad_pre = grad_out * selected_gate * (sig * (1 + pre * (1 - sig)))  # d SiLU
+                grad_middle = torch.zeros_like(middle)
+                grad_weight = torch.zeros_like(weight)
+                grad_bias = None if bias is None else torch.zeros_like(bias)
+                for k, positions in _expert_groups(index, num_experts):
+                    g = grad_pre[positions]
+                    grad_weight[k] = middle[k, positions].T @ g
+                    grad_middle[k, positions] = g @ weight[k].T
+                    if grad_bias is not None:
+                        grad_bias[k] = g.sum(0)
+                grad_middle = grad_middle.to(middle_dtype)
+                grad_weight = grad_weight.to(weight_dtype)
+                grad_bias = None if grad_bias is None else grad_bias.to(bias_dtype)
+        return grad_middle, grad_gates, grad_weight, grad_bias, None

@@ -72,8 +72,7 @@ class ContextualModulation(nn.Module):
         routing = None
         if self.experts is not None:
             routing = self.router(flat)
-            expert_out = self.experts(flat)  # (K, tokens, d)
-            mixed = torch.einsum("nk,knd->nd", routing.gates.to(expert_out.dtype), expert_out)
+            mixed = self.experts.mix(flat, routing.gates, routing.index)
             delta = mixed if delta is None else delta + mixed
         return delta.view(*x.shape[:-1], delta.shape[-1]), routing
 
@@ -96,7 +95,7 @@ class ContextualModulation(nn.Module):
         self._attention_input = None
         attn = output[0] if isinstance(output, tuple) else output
         record = self._state.record_for_forward() if self._state is not None else None
-        token_mask = _flat_token_mask(record.token_mask if record else None, x.shape[:-1], self.layer_index)
+        token_mask = flat_token_mask(record.token_mask if record else None, x.shape[:-1], self.layer_index)
         delta, routing = self.modulation_delta(x)
         if self.apply_to == "residual_sum":
             residual, self._residual = self._residual, None
@@ -117,40 +116,68 @@ class ContextualModulation(nn.Module):
         batch_size: int,
         record: Any,
     ) -> torch.Tensor:
-        gates, probs = routing.gates, routing.probs
-        weights = token_mask.to(probs.dtype).unsqueeze(-1) if token_mask is not None else None
-        masked_gates = gates * weights if weights is not None else gates
-        masked_probs = probs * weights if weights is not None else probs
-        gate_sum = masked_gates.sum(0)
-        prob_sum = masked_probs.sum(0)
-        if self.layer_index not in record.layers:  # the first call; a checkpoint recompute must not overwrite
-            with torch.no_grad():
-                entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-                if weights is not None:
-                    entropy = entropy * weights.squeeze(-1)
-                tokens = weights.sum() if weights is not None else probs.new_full((), float(probs.shape[0]))
-                per_example = masked_gates.detach().view(batch_size, -1, gates.shape[-1])
-                example_tokens = (
-                    weights.view(batch_size, -1).sum(1)
-                    if weights is not None
-                    else probs.new_full((batch_size,), probs.shape[0] / batch_size)
-                )
-                record.layers[self.layer_index] = LayerRouting(
-                    gate_sum=gate_sum.detach(),
-                    prob_sum=prob_sum.detach(),
-                    entropy_sum=entropy.sum(),
-                    tokens=tokens,
-                    example_gate_sum=per_example.sum(1),
-                    example_tokens=example_tokens,
-                    probs=probs.detach(),
-                    token_mask=token_mask,
-                )
-        if self.training and torch.is_grad_enabled():
-            modulated = attach_balance_gradient(modulated, gate_sum, prob_sum, record, self.scale_by_experts)
-        return modulated
+        return record_routing(
+            modulated,
+            routing,
+            token_mask,
+            batch_size,
+            record,
+            self.layer_index,
+            self.training,
+            self.scale_by_experts,
+        )
 
 
-def _flat_token_mask(
+def record_routing(
+    carrier: torch.Tensor,
+    routing: Routing,
+    token_mask: torch.Tensor | None,
+    batch_size: int,
+    record: Any,
+    key: int,
+    training: bool,
+    scale_by_experts: bool,
+) -> torch.Tensor:
+    """Store one router's statistics in ``record.layers[key]`` and, in training, return ``carrier`` (any tensor
+    on the loss path) through the identity that injects the balance loss's gradient into this router.
+
+    Shared by every routed module (HyCAM's layers, the LoRA mixtures), so the balance loss and the routing
+    telemetry treat them alike.
+    """
+    gates, probs = routing.gates, routing.probs
+    weights = token_mask.to(probs.dtype).unsqueeze(-1) if token_mask is not None else None
+    masked_gates = gates * weights if weights is not None else gates
+    masked_probs = probs * weights if weights is not None else probs
+    gate_sum = masked_gates.sum(0)
+    prob_sum = masked_probs.sum(0)
+    if key not in record.layers:  # the first call; a checkpoint recompute must not overwrite
+        with torch.no_grad():
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+            if weights is not None:
+                entropy = entropy * weights.squeeze(-1)
+            tokens = weights.sum() if weights is not None else probs.new_full((), float(probs.shape[0]))
+            per_example = masked_gates.detach().view(batch_size, -1, gates.shape[-1])
+            example_tokens = (
+                weights.view(batch_size, -1).sum(1)
+                if weights is not None
+                else probs.new_full((batch_size,), probs.shape[0] / batch_size)
+            )
+            record.layers[key] = LayerRouting(
+                gate_sum=gate_sum.detach(),
+                prob_sum=prob_sum.detach(),
+                entropy_sum=entropy.sum(),
+                tokens=tokens,
+                example_gate_sum=per_example.sum(1),
+                example_tokens=example_tokens,
+                probs=probs.detach(),
+                token_mask=token_mask,
+            )
+    if training and torch.is_grad_enabled():
+        carrier = attach_balance_gradient(carrier, gate_sum, prob_sum, record, scale_by_experts, key)
+    return carrier
+
+
+def flat_token_mask(
     mask: torch.Tensor | None, leading_shape: torch.Size, layer_index: int
 ) -> torch.Tensor | None:
     """The (B*T,) bool mask of real tokens for this forward's (B, T) hidden states, or None for "all"."""

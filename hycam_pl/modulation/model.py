@@ -13,7 +13,12 @@ from hycam_pl.modulation.architectures import (
     model_type_of,
     resolve_architecture,
 )
-from hycam_pl.modulation.balance import ForwardRecord, LayerRouting, differentiable_balance_loss
+from hycam_pl.modulation.balance import (
+    DEFAULT_BALANCE_SCOPE,
+    ForwardRecord,
+    LayerRouting,
+    differentiable_balance_loss,
+)
 from hycam_pl.modulation.config import HyCAMConfig
 from hycam_pl.modulation.layer import ContextualModulation
 
@@ -34,16 +39,22 @@ class ModulationState:
         self.norm_originals: dict[str, torch.Tensor] = {}
         self.current: ForwardRecord | None = None
 
+    @property
+    def balance_scope(self) -> str:
+        return self.config.balance_scope or DEFAULT_BALANCE_SCOPE
+
     def record_for_forward(self) -> ForwardRecord:
         if self.current is None:
-            self.current = ForwardRecord()
+            self.current = ForwardRecord(scope=self.balance_scope)
         return self.current
 
     # Hooks on the module that owns the decoder layers: one record per forward of the decoder.
     def _start_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         self.current = ForwardRecord(
-            token_mask=mask if isinstance(mask, torch.Tensor) else None, grad_enabled=torch.is_grad_enabled()
+            token_mask=mask if isinstance(mask, torch.Tensor) else None,
+            grad_enabled=torch.is_grad_enabled(),
+            scope=self.balance_scope,
         )
 
     def _finish_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
@@ -213,7 +224,7 @@ def detach(model: nn.Module) -> nn.Module:
 
 
 def balance_loss(model: nn.Module) -> torch.Tensor:
-    """``L_bal`` of the last forward, pooled over all modulated layers; padding excluded.
+    """``L_bal`` of the last forward under ``config.balance_scope`` (per layer or pooled); padding excluded.
 
     Add ``config.balance_coef * balance_loss(model)`` to the task loss. The result is differentiable in
     training under every checkpointing mode; it is 0 for plain CAM (no router).

@@ -97,12 +97,37 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``os.umask`` sets it to query it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_permissions(fd_or_path: int | str | os.PathLike) -> None:
+    """The mode a plain ``open(path, "w")`` would give (0o666 less the umask), for a ``mkstemp`` file, which is
+    0o600: checkpoints and adapters must stay readable by teammates and serving processes as other users."""
+    mode = 0o666 & ~current_umask()
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
 def _staged(path: Path, write) -> str:
     """Write through ``write(temporary)`` into a temporary beside ``path``; return it (removed on failure)."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(temporary)
+        give_default_permissions(temporary)  # after writing: safetensors recreates the file as 0o600 too
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -112,22 +137,29 @@ def _staged(path: Path, write) -> str:
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory`` (created if needed)."""
+    state = find_state(model)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "hycam_config": state.config.to_dict(),
+        "layer_indices": state.layer_indices,
+        "base_model": base_identity(model),
+    }
+    return write_adapter_files(directory, adapter_state_dict(model), meta)
+
+
+def write_adapter_files(
+    directory: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
+    """The weights and ``meta`` + their checksum as a pair, each renamed into place only once both are written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = find_state(model)
-    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     weights, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
     # Both files are complete before either replaces its predecessor: the config holds the weights' checksum,
     # so a failure while writing either one must leave the previous pair in place.
     staged_weights = _staged(weights, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     try:
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "hycam_config": state.config.to_dict(),
-            "layer_indices": state.layer_indices,
-            "base_model": base_identity(model),
-            "weights_sha256": _sha256(Path(staged_weights)),
-        }
+        meta = {**meta, "weights_sha256": _sha256(Path(staged_weights))}
 
         def write_json(path: str) -> None:
             with open(path, "w", encoding="utf-8") as handle:
@@ -140,6 +172,38 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     os.replace(staged_weights, weights)
     os.replace(staged_config, config)
     return directory
+
+
+def read_adapter_weights(directory: str | os.PathLike, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The saved tensors, after checking they are present and match the checksum in ``meta``."""
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"adapter weights not found: {weights}")
+    if meta.get("weights_sha256") and _sha256(weights) != meta["weights_sha256"]:
+        raise AdapterError(
+            f"adapter weights {weights} do not match the checksum in {CONFIG_FILE} (corrupt or replaced)"
+        )
+    try:
+        return load_file(weights)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterError(f"adapter weights {weights} are corrupt: {error}") from None
+
+
+def tensor_problems(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Missing, unexpected and wrongly shaped tensors, as short phrases (empty when they fit)."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in expected.keys() & tensors.keys() if tuple(tensors[k].shape) != expected[k])
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if wrong:
+        problems.append(
+            "wrong shapes " + ", ".join(f"{k}: {tuple(tensors[k].shape)} != {expected[k]}" for k in wrong[:5])
+        )
+    return problems
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -187,35 +251,13 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     meta = read_adapter_config(directory)
     config: HyCAMConfig = meta["config"]
     check_base_matches(model, meta, directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"adapter weights not found: {weights}")
-    if meta.get("weights_sha256") and _sha256(weights) != meta["weights_sha256"]:
-        raise AdapterError(
-            f"adapter weights {weights} do not match the checksum in {CONFIG_FILE} (corrupt or replaced)"
-        )
-    try:
-        tensors = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise AdapterError(f"adapter weights {weights} are corrupt: {error}") from None
-
+    tensors = read_adapter_weights(directory, meta)
     indices = validate_for_model(model, config)
-    expected = _expected_shapes(model, config, indices)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in expected.keys() & tensors.keys() if tuple(tensors[k].shape) != expected[k])
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    if wrong:
-        problems.append(
-            "wrong shapes " + ", ".join(f"{k}: {tuple(tensors[k].shape)} != {expected[k]}" for k in wrong[:5])
-        )
+    problems = tensor_problems(_expected_shapes(model, config, indices), tensors)
     if problems:
         raise AdapterError(
-            f"adapter weights {weights} do not fit config {CONFIG_FILE}: " + "; ".join(problems)
+            f"adapter weights {directory / WEIGHTS_FILE} do not fit config {CONFIG_FILE}: "
+            + "; ".join(problems)
         )
 
     existing = find_state(model, required=False)

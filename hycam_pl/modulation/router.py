@@ -18,6 +18,9 @@ class Routing(NamedTuple):
     gates: torch.Tensor  # (tokens, K) weights used to mix the experts (one-hot values under hard routing)
     probs: torch.Tensor  # (tokens, K) noise-free softmax(logits): the balance loss and entropy use these
     logits: torch.Tensor  # (tokens, K)
+    # (tokens,) the expert each token's gate selects when the gate *values* are one-hot (hard training routing,
+    # argmax evaluation), else None. Lets the experts compute only the selected expert's output.
+    index: torch.Tensor | None = None
 
 
 class GumbelRouter(nn.Module):
@@ -55,13 +58,39 @@ class GumbelRouter(nn.Module):
                 index = soft.argmax(dim=-1)
                 hard = F.one_hot(index, self.num_experts).to(soft.dtype)
                 gates = hard - soft.detach() + soft  # straight-through: value one-hot, gradient of ``soft``
-            else:
-                gates = soft
-        elif self.eval_routing == "argmax":
-            gates = F.one_hot(logits.argmax(dim=-1), self.num_experts).to(logits.dtype)
-        else:
-            gates = (logits / self.tau).softmax(dim=-1)
-        return Routing(gates, probs, logits)
+                return Routing(gates, probs, logits, index)
+            return Routing(soft, probs, logits)
+        if self.eval_routing == "argmax":
+            index = logits.argmax(dim=-1)
+            return Routing(F.one_hot(index, self.num_experts).to(logits.dtype), probs, logits, index)
+        return Routing((logits / self.tau).softmax(dim=-1), probs, logits)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, hard={self.hard}, eval_routing={self.eval_routing!r}"
+
+
+class TopKSoftmaxRouter(nn.Module):
+    """Soft top-k routing (no noise): the softmax of the ``top_k`` largest logits, zero elsewhere, in training
+    and evaluation alike. ``probs`` is the full softmax, as for :class:`GumbelRouter`, so the balance loss and
+    telemetry read both routers the same way."""
+
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int, bias: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_experts, bias=bias)
+        self.num_experts = num_experts
+        self.top_k = top_k
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(
+                x.float(),
+                self.linear.weight.float(),
+                None if self.linear.bias is None else self.linear.bias.float(),
+            )
+        probs = logits.softmax(dim=-1)
+        top, index = logits.topk(self.top_k, dim=-1)
+        gates = torch.zeros_like(logits).scatter(-1, index, top.softmax(dim=-1))
+        return Routing(gates, probs, logits)
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}"

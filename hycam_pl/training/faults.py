@@ -23,6 +23,8 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 
+from hycam_pl.modulation.persistence import give_default_permissions
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -47,6 +49,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=TEMP_SUFFIX)
     try:
+        give_default_permissions(fd)  # mkstemp's 0o600 would hide checkpoints from other users
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 import hycam_pl
-from hycam_pl.backbone import config_from_dict
+from hycam_pl.backbone import backbone_config
 from hycam_pl.methods import build_method
 from hycam_pl.modulation import HyCAMConfig, find_state, is_attached, load_adapter, read_adapter_config
 from hycam_pl.modulation.model import resolve_layer_indices
@@ -115,8 +115,9 @@ def validate_model_options(options: Mapping[str, Any]) -> None:
     if hycam_values is not None:
         hycam = _hycam_config(hycam_values)
     # unknown method, cam with experts: the module's own checks and messages
-    method = build_method(method_name, hycam=hycam)
-    config: HyCAMConfig | None = getattr(method, "config", None)
+    method = build_method(method_name, hycam=hycam, method_options=_plain(options.get("method_options")))
+    config = getattr(method, "config", None)
+    config = config if isinstance(config, HyCAMConfig) else None  # other methods check their own options
     backbone = _backbone_config(options.get("backbone"))
     if config is not None and backbone is not None:
         hidden, num_layers = backbone["hidden_size"], backbone["num_hidden_layers"]
@@ -202,17 +203,9 @@ def _hycam_config(values: Any) -> HyCAMConfig:
 def _backbone_config(source: Any) -> dict[str, Any] | None:
     """hidden size, layer count, vocabulary and type from the backbone's *config* only (never its weights);
     None when that needs the network (a hub name not in the cache): the model loader reports that itself."""
-    import transformers
-
     source = _plain(source)
-    if isinstance(source, Mapping):
-        config = config_from_dict(dict(source))
-    elif isinstance(source, str) and source:
-        try:
-            config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
-        except (OSError, ValueError):
-            return None
-    else:
+    config = backbone_config(dict(source) if isinstance(source, Mapping) else source)
+    if config is None:
         return None
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return {

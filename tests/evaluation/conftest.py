@@ -18,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "tiny.yaml"
 TASKS = ("arithmetic", "code", "qa", "list_ops")
-METRICS = ("loss", "ppl", "bleu4", "rouge1", "rouge2", "rougeL", "exact_match", "task_score")
+METRICS = ("loss", "ppl", "sacrebleu", "rouge1", "rouge2", "rougeL", "exact_match", "task_score")
 MAX_STEPS = 12
 LOG_EVERY = 3  # trainer.log_every_n_steps and RoutingTelemetry.every_n_steps
 VAL_EVERY = 6

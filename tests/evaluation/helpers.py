@@ -121,10 +121,12 @@ def tiny_trainer(root: Path, callbacks: list[L.Callback], **kwargs: Any) -> L.Tr
 
 
 def read_events(event_dir: Path) -> Any:
-    """An ``EventAccumulator`` holding every scalar, image and histogram written under ``event_dir``."""
+    """An ``EventAccumulator`` holding every scalar, image, histogram and tensor (text, layouts) written under
+    ``event_dir``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    guidance = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
+    accumulator = EventAccumulator(str(event_dir), size_guidance=guidance)
     accumulator.Reload()
     return accumulator
 
@@ -135,3 +137,36 @@ def scalar_series(accumulator: Any) -> dict[str, dict[int, float]]:
         tag: {event.step: event.value for event in accumulator.Scalars(tag)}
         for tag in accumulator.Tags()["scalars"]
     }
+
+
+def texts(accumulator: Any, tag: str) -> dict[int, str]:
+    """``{step: markdown}`` of a Text-tab tag (``SummaryWriter.add_text`` stores it as ``<tag>/text_summary``)."""
+    return {
+        event.step: event.tensor_proto.string_val[0].decode()
+        for event in accumulator.Tensors(f"{tag}/text_summary")
+    }
+
+
+def custom_scalar_charts(accumulator: Any) -> dict[str, dict[str, list[str]]]:
+    """The Custom Scalars layout as ``{category: {chart title: [series regex, ...]}}``."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    (event,) = accumulator.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    return {
+        category.title: {chart.title: list(chart.multiline.tag) for chart in category.chart}
+        for category in layout.category
+    }
+
+
+def hparams_session(accumulator: Any) -> tuple[dict[str, Any], list[str]]:
+    """The HParams tab's view of a run: ``({hyper-parameter: value}, [metric tags])``."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = accumulator.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    params = {}
+    for name, value in start.session_start_info.hparams.items():
+        params[name] = getattr(value, value.WhichOneof("kind"))
+    return params, [info.name.tag for info in experiment.experiment.metric_infos]

@@ -9,10 +9,21 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from hycam_pl.callbacks import RoutingTelemetry
 from hycam_pl.modulation import balance_loss, routing_statistics
-from tests.evaluation.helpers import TASK_NAMES, TinyData, TinyLM, read_events, scalar_series, tiny_trainer
+from tests.evaluation.helpers import (
+    TASK_NAMES,
+    TinyData,
+    TinyLM,
+    custom_scalar_charts,
+    random_batches,
+    read_events,
+    scalar_series,
+    texts,
+    tiny_trainer,
+)
 
 K = 4
 LAYERS = (0, 1)
@@ -131,7 +142,7 @@ def test_gradient_accumulation_logs_once_per_optimizer_step(tmp_path):
         assert got == pytest.approx((gate / tokens).tolist(), abs=1e-6)
 
 
-def test_histograms_and_heatmaps_describe_real_tokens(tmp_path):
+def test_histograms_describe_real_tokens_and_training_draws_no_figures(tmp_path):
     fit(tmp_path, TinyLM(router_bias=[30.0, 0, 0, 0]), RoutingTelemetry(every_n_steps=2), num_batches=2)
     events = read_events(tmp_path / "tiny" / "version_0")
     batch = TinyData(2).batches[1]
@@ -142,10 +153,61 @@ def test_histograms_and_heatmaps_describe_real_tokens(tmp_path):
         assert value.num == real_tokens * K  # padding excluded; one probability per token and expert
         assert value.min >= 0 and value.max == pytest.approx(1.0)
         assert value.bucket[-1] == real_tokens and value.bucket[0] == real_tokens * (K - 1)
-    (load_image,) = events.Images("router/layer_expert_load")
-    assert (load_image.height, load_image.width) == (16 * len(LAYERS), 16 * K)
-    (usage_image,) = events.Images("router/task_expert_usage")
-    assert (usage_image.height, usage_image.width) == (16 * len(TASK_NAMES), 16 * K)
+    assert events.Tags()["images"] == []  # figures are drawn at validation and test only
+
+
+class ValidatedLM(TinyLM):
+    """``TinyLM`` with a validation step (a forward, like ``MultiTaskLM``'s teacher-forced loss)."""
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+class ValidatedData(TinyData):
+    def __init__(self, num_batches: int, tasks: tuple[int, ...]) -> None:
+        super().__init__(num_batches)
+        self.val_batches = random_batches(3, seed=5)
+        for batch in self.val_batches:  # only the listed tasks appear in validation
+            batch["task_ids"] = torch.tensor([tasks[int(t) % len(tasks)] for t in batch["task_ids"]])
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_batches, batch_size=None, shuffle=False)
+
+
+def test_validation_views_show_the_evaluated_routing_with_task_names(tmp_path):
+    """Pinned to expert 2: every layer and every validated task send all tokens there; a task missing from the
+    validation examples is a dash in the table and a grey cell, not a 0."""
+    telemetry = RoutingTelemetry(every_n_steps=2)
+    trainer = tiny_trainer(
+        tmp_path,
+        [telemetry],
+        max_steps=4,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        limit_val_batches=3,
+    )
+    trainer.fit(ValidatedLM(router_bias=[0.0, 0.0, 30.0, 0.0]), datamodule=ValidatedData(4, tasks=(0, 2)))
+    events = read_events(tmp_path / "tiny" / "version_0")
+    tables = texts(events, "router/table")
+    val_steps = [1, 3]  # the x values of validation metrics after global steps 2 and 4
+    assert sorted(tables) == val_steps
+    alpha, beta, gamma = TASK_NAMES
+    for step, table in tables.items():
+        assert f"Routing on the validation examples, step {step}" in table
+        assert f"| layer | all tasks | {alpha} | {beta} | {gamma} |" in table
+        for i in LAYERS:
+            assert f"| {i} | expert 2 (1.00) | expert 2 (1.00) | – | expert 2 (1.00) |" in table
+            assert f"| {i} | {alpha} | 0.00 | 0.00 | **1.00** | 0.00 |" in table
+            assert f"| {i} | {beta} | – | – | – | – |" in table
+    for tag, rows in (
+        ("router/layer_expert_load", len(LAYERS)),
+        ("router/task_expert_usage", len(TASK_NAMES)),
+    ):
+        images = events.Images(tag)
+        assert [image.step for image in images] == val_steps
+        assert all(image.width >= 400 and image.height >= 100 + 20 * rows for image in images)
+    charts = custom_scalar_charts(events)
+    assert [len(series) for series in charts["router: expert load per layer"].values()] == [K] * len(LAYERS)
 
 
 @pytest.mark.parametrize("num_experts", [None, 0, 1], ids=["no-adapter", "cam", "one-expert"])
@@ -170,7 +232,7 @@ def test_without_a_datamodule_per_task_usage_is_skipped(tmp_path):
     tags = events.Tags()
     assert "router/layer_0/load/expert_0" in tags["scalars"]
     assert not [tag for tag in tags["scalars"] if tag.startswith("router/task/")]
-    assert tags["images"] == ["router/layer_expert_load"]
+    assert tags["images"] == []
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 The data are deliberately uneven: tasks have different example counts on each rank and one task
 appears on one rank only, which is where list-state metrics (torchmetrics' ROUGEScore) fall out
-of step across ranks.
+of step across ranks. The "text" task is the fixed parity set, split unevenly over the ranks: its
+synced sacreBLEU/ROUGE still equal the sacrebleu/rouge_score packages on the whole set. The "short"
+task (one-word answers, on one rank only) has BLEU and ROUGE-2 not applicable on every rank.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import sys
 import pytest
 import torch
 
-from hycam_pl.metrics import TaskMetrics, exact_match
+from hycam_pl.metrics import MACRO, TaskMetrics, exact_match
+from tests.metrics.test_text_metrics import published_bleu, published_rouge
+from tests.metrics.text_cases import CASES
 
-TASKS = ["qa", "code", "math"]
+TASKS = ["qa", "code", "math", "text", "short"]
 WORLD_SIZE = 2
 # Per rank: (task id, nll sum, tokens, prediction, reference).
 SHARDS = [
@@ -33,8 +37,13 @@ SHARDS = [
         (0, 2.0, 1, "Paris is the capital of France", "The capital of France is Paris"),
         (2, 4.0, 8, "the answer is 12", "the answer is 12"),
         (2, 6.0, 2, "so 7", "it is 8"),
+        (4, 1.0, 1, "Oslo", "Oslo"),
+        (4, 1.0, 1, "Bergen", "Oslo"),
     ],
 ]
+SPLIT = 11  # "text": the first 11 parity pairs on rank 0, the other ones on rank 1
+SHARDS[0] += [(3, 1.0, 2, prediction, reference) for prediction, reference in CASES[:SPLIT]]
+SHARDS[1] += [(3, 1.0, 2, prediction, reference) for prediction, reference in CASES[SPLIT:]]
 
 
 def _feed(metrics: TaskMetrics, rows) -> None:
@@ -87,10 +96,20 @@ def test_task_metrics_sync_across_two_processes(tmp_path):
     single = TaskMetrics(TASKS, scorers={"math": exact_match})
     _feed(single, SHARDS[0] + SHARDS[1])
     expected = single.compute()
-    assert set(expected) == {"qa", "code", "math", "macro"}
+    assert set(expected) == {*TASKS, MACRO}
+    predictions, references = [p for p, _ in CASES], [r for _, r in CASES]
+    assert expected["text"]["sacrebleu"] == pytest.approx(published_bleu(predictions, references), abs=1e-6)
+    rouge = published_rouge(predictions, references)
+    assert {key: expected["text"][key] for key in rouge} == pytest.approx(rouge, abs=1e-6)
+    assert expected["short"]["sacrebleu"] is None and expected["short"]["rouge2"] is None
     for rank in range(WORLD_SIZE):
         synced = json.loads((tmp_path / f"rank{rank}.json").read_text())
         for key in ("first", "second"):
             assert synced[key].keys() == expected.keys()
             for task, values in expected.items():
-                assert synced[key][task] == pytest.approx(values, rel=1e-9), (rank, key, task)
+                assert synced[key][task].keys() == values.keys(), (rank, key, task)
+                for metric, value in values.items():
+                    if value is None:  # not applicable: the same verdict on every rank
+                        assert synced[key][task][metric] is None, (rank, key, task, metric)
+                    else:
+                        assert synced[key][task][metric] == pytest.approx(value, rel=1e-9), (rank, key, task)

@@ -10,20 +10,22 @@ import pytest
 from hycam_pl.metrics import MACRO, flatten_results, format_results_table, format_value, write_results
 
 RESULTS = {
-    "qa": {"bleu4": 0.123456, "loss": 1.5, "ppl": 4.4816890703},
-    "code": {"loss": 2.0, "ppl": 7.38905609893, "custom": 3},
-    MACRO: {"loss": 1.75, "ppl": 5.935372834, "bleu4": 0.123456, "custom": 3},
+    "qa": {"sacrebleu": None, "rouge2": None, "loss": 1.5, "ppl": 4.4816890703},
+    "code": {"loss": 2.0, "ppl": 7.38905609893, "sacrebleu": 0.123456, "rouge2": 0.5, "custom": 3},
+    MACRO: {"loss": 1.75, "ppl": 5.935372834, "sacrebleu": 0.123456, "rouge2": 0.5, "custom": 3},
 }
 
 
 def test_markdown_table_rows_columns_and_formatting():
     table = format_results_table({MACRO: RESULTS[MACRO], "qa": RESULTS["qa"], "code": RESULTS["code"]})
     lines = table.splitlines()
-    assert lines[0] == "| task | loss | ppl | bleu4 | custom |"  # preferred order, then others
-    assert lines[1] == "|:---|---:|---:|---:|---:|"
-    assert lines[2] == "| qa | 1.5000 | 4.4817 | 0.1235 | – |"
-    assert lines[3] == "| code | 2.0000 | 7.3891 | – | 3 |"
-    assert lines[4] == "| **macro** | 1.7500 | 5.9354 | 0.1235 | 3 |"  # macro last whatever the dict order
+    assert lines[0] == "| task | loss | ppl | sacrebleu | rouge2 | custom |"  # preferred order, then others
+    assert lines[1] == "|:---|---:|---:|---:|---:|---:|"
+    assert lines[2] == "| qa | 1.5000 | 4.4817 | n/a | n/a | – |"  # not applicable vs not reported
+    assert lines[3] == "| code | 2.0000 | 7.3891 | 0.1235 | 0.5000 | 3 |"
+    assert (
+        lines[4] == "| **macro** | 1.7500 | 5.9354 | 0.1235 | 0.5000 | 3 |"
+    )  # macro last whatever the order
     assert len(lines) == 5
 
 
@@ -39,6 +41,7 @@ def test_markdown_table_rows_columns_and_formatting():
         (7, "7"),
         (float("nan"), "nan"),
         (float("inf"), "inf"),
+        (None, "n/a"),
     ],
 )
 def test_format_value(value, text):
@@ -53,7 +56,8 @@ def test_write_results_json_and_markdown(tmp_path):
     loaded = json.loads(json_path.read_text())
     assert list(loaded) == ["qa", "code", MACRO]
     assert loaded["qa"]["rougeL"] is None  # strict JSON: NaN becomes null
-    assert loaded["qa"]["bleu4"] == 0.123456 and loaded["code"]["custom"] == 3
+    assert loaded["qa"]["sacrebleu"] is None  # and so does "not applicable"
+    assert loaded["code"]["sacrebleu"] == 0.123456 and loaded["code"]["custom"] == 3
     assert md_path.read_text() == format_results_table(results) + "\n"
     assert sorted(os.listdir(tmp_path / "run")) == ["results.json", "results.md"]  # no temp files left
 
@@ -74,7 +78,8 @@ def test_write_results_overwrites_and_failed_write_keeps_old_file(tmp_path, monk
 
 
 def test_flatten_results():
-    assert flatten_results({"qa": {"loss": 1.0}, MACRO: {"loss": 1.0}}, prefix="val/") == {
+    results = {"qa": {"loss": 1.0, "sacrebleu": None}, MACRO: {"loss": 1.0, "sacrebleu": None}}
+    assert flatten_results(results, prefix="val/") == {  # n/a: nothing to log
         "val/qa/loss": 1.0,
         "val/macro/loss": 1.0,
     }

@@ -1,4 +1,4 @@
-"""TaskMetrics: independent per-task metrics, grouping of mixed batches, macro average, reset."""
+"""TaskMetrics: independent per-task metrics, grouping of mixed batches, macro average (n/a left out), reset."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import hycam_pl.metrics
-from hycam_pl.metrics import MACRO, CorpusBLEU4, RougeF1, TaskMetrics, exact_match, macro_average
+from hycam_pl.metrics import MACRO, RougeF1, SacreBLEU, TaskMetrics, exact_match, macro_average
 
 
 def _nll_batch():
@@ -42,7 +42,7 @@ def test_generation_of_two_tasks_does_not_leak():
     assert qa_together["exact_match"] == 0.0 and code["exact_match"] == 0.5
     assert code["rouge1"] == pytest.approx(0.5)  # 1.0 for the identical pair, 0.0 for x/y
     # Each task holds its own metric objects.
-    assert together.generation["qa"].bleu4 is not together.generation["code"].bleu4
+    assert together.generation["qa"].sacrebleu is not together.generation["code"].sacrebleu
     assert together.teacher_forced["qa"] is not together.teacher_forced["code"]
 
 
@@ -51,16 +51,16 @@ def test_generation_values_match_standalone_metrics():
     references = ["the cat sat on a mat", "the dog ran in the park"]
     metrics = TaskMetrics(["qa"], scorers={"qa": exact_match})
     metrics.update_generation("qa", predictions, references)
-    bleu, rouge = CorpusBLEU4(), RougeF1()
+    bleu, rouge = SacreBLEU(), RougeF1()
     bleu.update(predictions, references)
     rouge.update(predictions, references)
     qa = metrics.compute()["qa"]
-    assert qa["bleu4"] == pytest.approx(float(bleu.compute()))
+    assert qa["sacrebleu"] == pytest.approx(float(bleu.compute()))
     assert {k: qa[k] for k in ("rouge1", "rouge2", "rougeL")} == pytest.approx(
         {k: float(v) for k, v in rouge.compute().items()}
     )
     assert qa["task_score"] == 0.0 and set(qa) == {
-        "bleu4",
+        "sacrebleu",
         "rouge1",
         "rouge2",
         "rougeL",
@@ -102,6 +102,36 @@ def test_macro_averages_each_metric_over_tasks_that_have_it():
     assert macro["exact_match"] == pytest.approx((0.5 + 1.0) / 2)  # "code" has no generations
     assert macro == macro_average(results)  # the macro row itself is not averaged in
     assert list(results) == ["qa", "code", "math", MACRO]
+
+
+def test_not_applicable_metrics_are_none_and_left_out_of_the_macro_average():
+    metrics = TaskMetrics(["qa", "code", "math"], rouge_stemmer=False)
+    # qa: a perfect model with one-word answers; BLEU-4 and ROUGE-2 cannot reward it.
+    metrics.update_generation("qa", ["Oslo", "Paris"], ["Oslo", "Paris"])
+    code_predictions, code_references = ["return a + b", "print ( x )"], ["return a + b", "print ( y )"]
+    metrics.update_generation("code", code_predictions, code_references)
+    metrics.update_generation("math", ["7"], ["The answer is 7."])
+    results = metrics.compute()
+    qa, code, math_task, macro = results["qa"], results["code"], results["math"], results[MACRO]
+    assert qa["sacrebleu"] is None and qa["rouge2"] is None  # not 0
+    assert qa["rouge1"] == qa["rougeL"] == qa["exact_match"] == 1.0
+    assert code["sacrebleu"] > 0 and code["rouge2"] > 0 and math_task["sacrebleu"] == 0.0
+    assert macro["sacrebleu"] == pytest.approx((code["sacrebleu"] + math_task["sacrebleu"]) / 2)
+    assert macro["rouge2"] == pytest.approx((code["rouge2"] + math_task["rouge2"]) / 2)
+    assert macro["rouge1"] == pytest.approx((1.0 + code["rouge1"] + math_task["rouge1"]) / 3)
+    # The issue's example: a perfect model on short answers no longer drags the macro BLEU down.
+    perfect = TaskMetrics(["qa", "code"])
+    perfect.update_generation("qa", ["Oslo"], ["Oslo"])
+    perfect.update_generation("code", code_references, code_references)
+    assert perfect.compute()[MACRO]["sacrebleu"] == pytest.approx(1.0)
+    assert perfect.generation["code"].rouge.use_stemmer and not metrics.generation["qa"].rouge.use_stemmer
+
+
+def test_macro_of_a_metric_applicable_to_no_task_is_none():
+    results = {"a": {"sacrebleu": None, "exact_match": 1.0}, "b": {"sacrebleu": None, "loss": float("nan")}}
+    macro = macro_average(results)
+    assert macro["sacrebleu"] is None and macro["exact_match"] == 1.0
+    assert math.isnan(macro["loss"])  # a diverged task still shows in the average
 
 
 def test_diverged_loss_is_reported_not_hidden():

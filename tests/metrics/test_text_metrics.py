@@ -1,163 +1,151 @@
-"""Text metrics against independent reference implementations written here, and hand-worked values."""
+"""Text metrics: sacreBLEU and ROUGE equal the published packages, the not-applicable rule, exact match."""
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import re
-from collections import Counter
+from statistics import fmean
 
 import pytest
+import sacrebleu
 import torch
+from rouge_score.rouge_scorer import RougeScorer
 
+from hycam_pl.data import get_scorer
 from hycam_pl.metrics import (
-    CorpusBLEU4,
+    ROUGE_KEYS,
     ExactMatch,
     RougeF1,
+    SacreBLEU,
     TaskScore,
     exact_match,
     normalize_for_exact_match,
 )
+from hycam_pl.metrics.bleu import reference_tokens
+from tests.metrics.text_cases import CASES
 
-# --- independent references -------------------------------------------------------------------
-
-
-def _ngrams(tokens: list[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
-
-
-def reference_corpus_bleu4(predictions: list[str], references: list[str]) -> float:
-    """Papineni corpus BLEU-4: clipped counts and lengths summed over the corpus, uniform weights."""
-    matches, totals = [0] * 4, [0] * 4
-    pred_len = ref_len = 0
-    for prediction, reference in zip(predictions, references):
-        p, r = prediction.split(), reference.split()
-        pred_len, ref_len = pred_len + len(p), ref_len + len(r)
-        for n in range(1, 5):
-            p_counts, r_counts = _ngrams(p, n), _ngrams(r, n)
-            matches[n - 1] += sum(min(c, r_counts[g]) for g, c in p_counts.items())
-            totals[n - 1] += sum(p_counts.values())
-    if min(matches) == 0:
-        return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / 4
-    brevity_penalty = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
-    return brevity_penalty * math.exp(log_precision)
+PREDICTIONS = [prediction for prediction, _ in CASES]
+REFERENCES = [reference for _, reference in CASES]
+UNEVEN_BATCHES = (slice(0, 1), slice(1, 8), slice(8, 9), slice(9, 30), slice(30, None))
 
 
-def _rouge_tokens(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+def published_bleu(predictions: list[str], references: list[str]) -> float:
+    """sacreBLEU at its defaults (13a, exp smoothing), as a fraction."""
+    return sacrebleu.corpus_bleu(predictions, [references]).score / 100
 
 
-def _f1(hits: int, pred_total: int, ref_total: int) -> float:
-    if hits == 0 or pred_total == 0 or ref_total == 0:
-        return 0.0
-    precision, recall = hits / pred_total, hits / ref_total
-    return 2 * precision * recall / (precision + recall)
+def published_rouge(predictions: list[str], references: list[str], use_stemmer: bool = True) -> dict:
+    """rouge_score's per-example F-measure, averaged over examples."""
+    scorer = RougeScorer(list(ROUGE_KEYS), use_stemmer=use_stemmer)
+    scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
+    return {key: fmean(s[key].fmeasure for s in scores) for key in ROUGE_KEYS}
 
 
-def reference_rouge_n(prediction: str, reference: str, n: int) -> float:
-    p, r = _ngrams(_rouge_tokens(prediction), n), _ngrams(_rouge_tokens(reference), n)
-    return _f1(sum((p & r).values()), sum(p.values()), sum(r.values()))
+def _fed(metric, predictions=PREDICTIONS, references=REFERENCES, batches=UNEVEN_BATCHES):
+    for part in batches:
+        metric.update(predictions[part], references[part])
+    return metric
 
 
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i, x in enumerate(a, 1):
-        for j, y in enumerate(b, 1):
-            table[i][j] = table[i - 1][j - 1] + 1 if x == y else max(table[i - 1][j], table[i][j - 1])
-    return table[-1][-1]
+def test_the_fixed_set_is_varied_enough():
+    assert len(CASES) >= 30
+    assert any("\n" in p for p in PREDICTIONS) and any(not p.strip() for p in PREDICTIONS)
+    assert any(ord(c) > 127 for text in PREDICTIONS for c in text)
+    assert sum(len(r.split()) == 1 for r in REFERENCES) >= 3  # one-word answers
 
 
-def reference_rouge_l(prediction: str, reference: str) -> float:
-    p, r = _rouge_tokens(prediction), _rouge_tokens(reference)
-    return _f1(_lcs_length(p, r), len(p), len(r))
+# --- sacreBLEU --------------------------------------------------------------------------------
 
 
-PREDICTIONS = [
-    "the cat sat on the mat",
-    "There is a small dog in the garden today",
-    "42",
-    "def add(a, b): return a + b",
-    "Paris is the capital of France .",
-]
-REFERENCES = [
-    "the cat sat on a mat",
-    "a small dog is in the garden",
-    "The answer is 42 .",
-    "def add(a, b):\n    return a + b",
-    "The capital of France is Paris .",
-]
+def test_sacrebleu_equals_the_sacrebleu_package_on_the_fixed_set():
+    value = float(_fed(SacreBLEU()).compute())
+    expected = published_bleu(PREDICTIONS, REFERENCES)
+    assert 0.1 < expected < 0.9
+    assert value == pytest.approx(expected, abs=1e-6)
+    # Corpus level: not the mean of sentence scores.
+    sentence_mean = fmean(published_bleu([p], [r]) for p, r in CASES)
+    assert abs(value - sentence_mean) > 1e-3
 
 
-# --- BLEU -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batches", [(slice(0, None),), tuple(slice(i, i + 1) for i in range(len(CASES)))])
+def test_sacrebleu_does_not_depend_on_batching(batches):
+    reference = float(_fed(SacreBLEU()).compute())
+    assert float(_fed(SacreBLEU(), batches=batches).compute()) == reference
 
 
-def test_bleu_hand_worked_single_pair():
-    # p1..p4 = 5/6, 3/5, 2/4, 1/3; equal lengths so no brevity penalty: BLEU = (1/12) ** (1/4).
-    metric = CorpusBLEU4()
-    metric.update(["the cat sat on the mat"], ["the cat sat on a mat"])
-    assert float(metric.compute()) == pytest.approx((1 / 12) ** 0.25, rel=1e-6)
-
-
-def test_bleu_is_corpus_level_and_matches_reference():
-    metric = CorpusBLEU4()
-    metric.update(PREDICTIONS, REFERENCES)
-    expected = reference_corpus_bleu4(PREDICTIONS, REFERENCES)
-    assert 0.0 < expected < 1.0
-    assert float(metric.compute()) == pytest.approx(expected, rel=1e-6)
-    sentence_mean = sum(reference_corpus_bleu4([p], [r]) for p, r in zip(PREDICTIONS, REFERENCES)) / len(
-        REFERENCES
-    )
-    assert float(metric.compute()) != pytest.approx(sentence_mean, rel=1e-3)
-
-
-def test_bleu_brevity_penalty_applies_to_short_corpus():
-    predictions, references = ["the cat sat on the"], ["the cat sat on the mat today"]
-    metric = CorpusBLEU4()
+@pytest.mark.parametrize(
+    ("predictions", "references"),
+    [
+        (["The answer is 42."], ["The answer is 42"]),  # 13a splits the period: 0.67, not 0
+        (["the cat sat"], ["the cat sat on the mat"]),  # no 4-gram in the prediction: 0
+        (["so the answer is 42", "zzz"], ["The answer is 42.", "yes it is"]),  # exp smoothing of p4
+        (["", ""], ["a b c d", "e f g h"]),  # empty predictions: 0
+        (["Das ist gut"], ["das ist gut und schön"]),  # case-sensitive, brevity penalty
+    ],
+)
+def test_sacrebleu_equals_the_sacrebleu_package_on_edge_cases(predictions, references):
+    metric = SacreBLEU()
     metric.update(predictions, references)
-    # Every n-gram of the prediction matches, so BLEU is the brevity penalty alone: exp(1 - 7/5).
-    assert float(metric.compute()) == pytest.approx(math.exp(1 - 7 / 5), rel=1e-6)
-    assert float(metric.compute()) == pytest.approx(reference_corpus_bleu4(predictions, references), rel=1e-6)
+    assert float(metric.compute()) == pytest.approx(published_bleu(predictions, references), abs=1e-6)
 
 
-def test_bleu_does_not_depend_on_batching():
-    whole, split = CorpusBLEU4(), CorpusBLEU4()
-    whole.update(PREDICTIONS, REFERENCES)
-    split.update(PREDICTIONS[:1], REFERENCES[:1])
-    split.update(PREDICTIONS[1:4], REFERENCES[1:4])
-    split.update(PREDICTIONS[4:], REFERENCES[4:])
-    assert float(split.compute()) == pytest.approx(float(whole.compute()), rel=1e-9)
+def test_sacrebleu_issue_example_scores_like_sacrebleu():
+    metric = SacreBLEU()
+    metric.update(["The answer is 42."], ["The answer is 42"])
+    assert float(metric.compute()) == pytest.approx(0.6687403, abs=1e-6)
 
 
-def test_bleu_is_unsmoothed_zero_without_any_4gram_match():
-    metric = CorpusBLEU4()
-    metric.update(["the cat sat"], ["the cat sat"])  # no 4-gram at all
-    assert float(metric.compute()) == 0.0
-
-
-def test_bleu_tokens_are_case_sensitive_whitespace_splits():
-    metric = CorpusBLEU4()
-    metric.update(["The quick brown fox jumps over the dog"], ["the quick brown fox jumps over the dog"])
-    value = float(metric.compute())
-    assert 0.0 < value < 1.0  # lowercasing would make this a perfect 1.0
-    assert value == pytest.approx(
-        reference_corpus_bleu4(
-            ["The quick brown fox jumps over the dog"], ["the quick brown fox jumps over the dog"]
-        )
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric:UserWarning")
+def test_sacrebleu_is_not_applicable_when_every_reference_is_shorter_than_4_tokens():
+    short = SacreBLEU()
+    short.update(["Oslo", "42.", "yes it is"], ["Oslo", "42.", "yes it is"])  # perfect, 1-3 tokens
+    assert math.isnan(float(short.compute()))
+    assert published_bleu(["Oslo", "42.", "yes it is"], ["Oslo", "42.", "yes it is"]) == 0.0  # why
+    one_long = SacreBLEU()
+    one_long.update(["Oslo", "x"], ["Oslo", "a, b."])  # "a , b ." has 4 tokens under 13a
+    assert float(one_long.compute()) == pytest.approx(
+        published_bleu(["Oslo", "x"], ["Oslo", "a, b."]), abs=1e-6
     )
-    attached = CorpusBLEU4()
-    attached.update(["so the answer is 42."], ["so the answer is 42"])
-    assert float(attached.compute()) < 1.0  # "42." is not the token "42"
+    assert math.isnan(float(SacreBLEU().compute()))  # no example
 
 
-def test_bleu_rejects_a_bare_reference_string():
-    metric = CorpusBLEU4()
+def test_reference_tokens_counts_what_sacrebleu_counts():
+    bleu = SacreBLEU().bleu
+    for reference in REFERENCES:
+        assert reference_tokens(bleu, reference) == sacrebleu.corpus_bleu([reference], [[reference]]).ref_len
+
+
+def test_sacrebleu_rejects_bad_input_and_survives_pickling():
+    metric = SacreBLEU()
     with pytest.raises(TypeError):
         metric.update(["the cat sat on the mat"], "the cat sat on a mat")
     with pytest.raises(ValueError):
         metric.update(["a", "b"], ["a"])
+    _fed(metric)
+    for clone in (pickle.loads(pickle.dumps(metric)), copy.deepcopy(metric)):  # ddp_spawn, torchmetrics
+        assert float(clone.compute()) == float(metric.compute())
 
 
 # --- ROUGE ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_stemmer", [True, False])
+def test_rouge_equals_rouge_score_on_the_fixed_set(use_stemmer):
+    values = {k: float(v) for k, v in _fed(RougeF1(use_stemmer=use_stemmer)).compute().items()}
+    expected = published_rouge(PREDICTIONS, REFERENCES, use_stemmer=use_stemmer)
+    assert values == pytest.approx(expected, abs=1e-6)
+    assert len({round(v, 6) for v in expected.values()}) == 3  # the three keys really differ here
+
+
+def test_rouge_stems_by_default_like_papers():
+    stemmed, plain = RougeF1(), RougeF1(use_stemmer=False)
+    for metric in (stemmed, plain):
+        metric.update(["running runs runner ran"], ["run running ran runs"])
+    assert float(plain.compute()["rouge2"]) == 0.0
+    assert float(stemmed.compute()["rouge2"]) == pytest.approx(1 / 3, abs=1e-9)
+    assert stemmed.use_stemmer and not plain.use_stemmer
 
 
 def test_rouge_hand_worked_single_pair():
@@ -167,21 +155,6 @@ def test_rouge_hand_worked_single_pair():
     assert values == pytest.approx({"rouge1": 5 / 6, "rouge2": 3 / 5, "rougeL": 5 / 6}, rel=1e-6)
 
 
-def test_rouge_is_mean_of_per_example_f1_and_matches_reference():
-    metric = RougeF1()
-    metric.update(PREDICTIONS[:2], REFERENCES[:2])
-    metric.update(PREDICTIONS[2:], REFERENCES[2:])
-    values = {k: float(v) for k, v in metric.compute().items()}
-    count = len(PREDICTIONS)
-    expected = {
-        "rouge1": sum(reference_rouge_n(p, r, 1) for p, r in zip(PREDICTIONS, REFERENCES)) / count,
-        "rouge2": sum(reference_rouge_n(p, r, 2) for p, r in zip(PREDICTIONS, REFERENCES)) / count,
-        "rougeL": sum(reference_rouge_l(p, r) for p, r in zip(PREDICTIONS, REFERENCES)) / count,
-    }
-    assert values == pytest.approx(expected, rel=1e-6)
-    assert len({round(v, 6) for v in expected.values()}) == 3  # the three keys really differ here
-
-
 def test_rouge_ignores_case_and_punctuation_and_scores_empty_as_zero():
     metric = RougeF1()
     metric.update(["THE ANSWER: 42!"], ["the answer 42"])
@@ -189,8 +162,22 @@ def test_rouge_ignores_case_and_punctuation_and_scores_empty_as_zero():
         {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
     )
     empty = RougeF1()
-    empty.update(["", "   "], ["something", "else"])
+    empty.update(["", "   "], ["something else", "else again"])
     assert all(float(v) == 0.0 for v in empty.compute().values())
+
+
+def test_rouge_not_applicable_rule_per_key():
+    one_word = RougeF1()
+    one_word.update(["Oslo", "Bergen"], ["Oslo", "oslo."])  # references have 1 token each
+    values = {k: float(v) for k, v in one_word.compute().items()}
+    assert math.isnan(values["rouge2"])  # a perfect answer would score 0: no reference bigram
+    assert values["rouge1"] == values["rougeL"] == pytest.approx(0.5)
+    no_tokens = RougeF1()
+    no_tokens.update(["東京", ""], ["東京", "..."])  # rouge_score drops non-ASCII letters and punctuation
+    assert all(math.isnan(float(v)) for v in no_tokens.compute().values())
+    mixed = RougeF1()
+    mixed.update(["Oslo", "a b"], ["Oslo", "a b"])  # one reference with a bigram makes ROUGE-2 applicable
+    assert float(mixed.compute()["rouge2"]) == pytest.approx(0.5)
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric:UserWarning")
@@ -217,6 +204,16 @@ def test_rouge_without_examples_is_nan():
 )
 def test_exact_match_normalisation(prediction, reference, expected):
     assert exact_match(prediction, reference) == expected
+
+
+def test_one_exact_match_definition_for_the_metric_and_the_default_scorer():
+    # Before: the scorer only stripped the ends, so "a  b" vs "a b" was 0 there and 1 in the metric.
+    for name in ("exact_match", "whitespace_exact_match"):
+        assert get_scorer(name) is exact_match
+    metric, task_score = ExactMatch(), TaskScore(get_scorer("exact_match"))
+    for m in (metric, task_score):
+        m.update(PREDICTIONS, REFERENCES)
+    assert float(metric.compute()) == float(task_score.compute()) > 0
 
 
 def test_normalize_for_exact_match_output():
@@ -255,9 +252,10 @@ def test_task_score_rejects_non_finite_scores_and_non_callables():
         TaskScore("not a function")  # type: ignore[arg-type]
 
 
-def test_metric_states_keep_float64_under_module_dtype_casts():
+def test_metric_states_keep_their_dtypes_under_module_dtype_casts():
     # Lightning "bf16-true" converts the whole LightningModule with module.to(dtype=...).
-    metric = CorpusBLEU4().to(torch.bfloat16)
-    assert metric.numerator.dtype == torch.float64
-    metric.update(["w " * 300], ["w " * 300])  # 300 unigram matches: not representable in bf16
-    assert float(metric.numerator[0]) == 300.0
+    bleu, rouge = SacreBLEU().to(torch.bfloat16), RougeF1().to(torch.bfloat16)
+    assert bleu.correct.dtype == torch.long and rouge.fmeasure_sum.dtype == torch.float64
+    bleu.update(["w " * 301], ["w " * 301])  # 301 unigram matches: not representable in bf16
+    rouge.update(["a b"] * 301, ["a b"] * 301)
+    assert int(bleu.correct[0]) == 301 and float(rouge.fmeasure_sum[0]) == 301.0

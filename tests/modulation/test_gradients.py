@@ -3,17 +3,22 @@
 import pytest
 import torch
 
-from hycam_pl import HyCAMConfig, attach, balance_loss
+from hycam_pl import HyCAMConfig, attach, balance_loss, routing_statistics
+from hycam_pl.modulation.balance import balance_from_statistics, balance_gradient_from_statistics
 
 from .conftest import batch, randomize_adapter, tiny_model
 
 CHECKPOINTING = [None, "reentrant", "non_reentrant"]
+SCOPES = ["layer", "pooled"]
 
 
-def modulated(checkpointing, num_experts=3, seed=0, family="llama", apply_to="attention_output"):
-    model = tiny_model(family, num_hidden_layers=3)
+def modulated(
+    checkpointing, num_experts=3, seed=0, family="llama", apply_to="attention_output", scope=None, layers=3
+):
+    model = tiny_model(family, num_hidden_layers=layers)
     torch.manual_seed(seed)
-    attach(model, HyCAMConfig(num_experts=num_experts, rank=4 if num_experts else None, apply_to=apply_to))
+    routing = dict(rank=4, balance_scope=scope) if num_experts else {}
+    attach(model, HyCAMConfig(num_experts=num_experts, apply_to=apply_to, **routing))
     randomize_adapter(model)
     if checkpointing:
         model.gradient_checkpointing_enable(
@@ -26,7 +31,11 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def naive_balance_loss(model, input_ids, mask):
+def switch_loss(gates, probs):
+    return (gates.mean(0) * probs.mean(0)).sum()
+
+
+def naive_balance_loss(model, input_ids, mask, scope):
     """L_bal built by hand from the routers' differentiable outputs (no checkpointing)."""
     captured = []
     hooks = [
@@ -37,9 +46,12 @@ def naive_balance_loss(model, input_ids, mask):
     for hook in hooks:
         hook.remove()
     valid = mask.reshape(-1).bool()
-    gates = torch.cat([r.gates[valid] for r in captured])
-    probs = torch.cat([r.probs[valid] for r in captured])
-    return out, (gates.mean(0) * probs.mean(0)).sum()
+    if scope == "pooled":  # one loss over every layer's tokens
+        gates = torch.cat([r.gates[valid] for r in captured])
+        probs = torch.cat([r.probs[valid] for r in captured])
+        return out, switch_loss(gates, probs)
+    # per layer: each layer's own loss, averaged over layers
+    return out, torch.stack([switch_loss(r.gates[valid], r.probs[valid]) for r in captured]).mean()
 
 
 @pytest.mark.parametrize("checkpointing", CHECKPOINTING)
@@ -55,16 +67,17 @@ def test_only_modulation_parameters_receive_gradients(checkpointing):
     assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if ".hycam.router." in n)
 
 
+@pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("checkpointing", CHECKPOINTING)
-def test_balance_loss_gradient_is_exact_under_checkpointing(checkpointing):
+def test_balance_loss_gradient_is_exact_under_checkpointing(checkpointing, scope):
     input_ids, mask = batch()
-    reference = modulated(None)
+    reference = modulated(None, scope=scope)
     torch.manual_seed(1)
-    _, naive = naive_balance_loss(reference, input_ids, mask)
+    _, naive = naive_balance_loss(reference, input_ids, mask, scope)
     naive.backward()
     expected = {n: g for n, g in grads(reference).items() if ".router." in n}
 
-    model = modulated(checkpointing)
+    model = modulated(checkpointing, scope=scope)
     torch.manual_seed(1)
     model(input_ids=input_ids, attention_mask=mask)
     loss = balance_loss(model)
@@ -78,13 +91,19 @@ def test_balance_loss_gradient_is_exact_under_checkpointing(checkpointing):
 
 @pytest.mark.parametrize("checkpointing", ["reentrant", "non_reentrant"])
 @pytest.mark.parametrize(
-    "family,apply_to", [("llama", "attention_output"), ("gemma2", "residual_sum"), ("qwen3", "residual_sum")]
+    "family,apply_to,scope",
+    [
+        ("llama", "attention_output", "layer"),
+        ("llama", "attention_output", "pooled"),
+        ("gemma2", "residual_sum", "layer"),
+        ("qwen3", "residual_sum", "pooled"),
+    ],
 )
-def test_checkpointing_gives_the_same_total_gradient(checkpointing, family, apply_to):
+def test_checkpointing_gives_the_same_total_gradient(checkpointing, family, apply_to, scope):
     input_ids, mask = batch()
     results = []
     for mode in (None, checkpointing):
-        model = modulated(mode, family=family, apply_to=apply_to)
+        model = modulated(mode, family=family, apply_to=apply_to, scope=scope)
         torch.manual_seed(5)  # same Gumbel noise; checkpoint recompute replays the RNG state
         out = model(input_ids=input_ids, attention_mask=mask, labels=input_ids)
         (out.loss + 0.5 * balance_loss(model)).backward()
@@ -96,12 +115,13 @@ def test_checkpointing_gives_the_same_total_gradient(checkpointing, family, appl
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6)
 
 
-def test_balance_gradient_follows_the_loss_scale():
+@pytest.mark.parametrize("scope", SCOPES)
+def test_balance_gradient_follows_the_loss_scale(scope):
     """Gradient accumulation and AMP scale the loss; the injected balance gradient must scale with it."""
     input_ids, mask = batch()
     collected = []
     for scale in (1.0, 0.25):
-        model = modulated("reentrant")
+        model = modulated("reentrant", scope=scope)
         torch.manual_seed(1)
         model(input_ids=input_ids, attention_mask=mask)
         (scale * balance_loss(model)).backward()
@@ -118,3 +138,41 @@ def test_cam_without_router_has_zero_balance_loss():
     assert float(loss) == 0.0
     (out.loss + loss).backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if ".hycam.shared." in n)
+
+
+def test_layers_collapsed_onto_different_experts_are_balanced_only_when_pooled():
+    """Layer i sends every token to expert i: the pool looks perfectly balanced, yet every layer has collapsed.
+    The pooled loss sits at its uniform minimum 1/K; the per-layer loss is at its maximum 1."""
+    values = {}
+    for scope in SCOPES:
+        model = modulated(None, num_experts=4, layers=4, scope=scope)
+        with torch.no_grad():
+            for i, layer in enumerate(model.model.layers):
+                router = layer.self_attn.hycam.router.linear
+                router.weight.zero_()
+                router.bias.fill_(-20.0)
+                router.bias[i] = 20.0
+        input_ids, mask = batch()
+        torch.manual_seed(1)
+        model(input_ids=input_ids, attention_mask=mask)
+        loads = [stats.load for stats in routing_statistics(model).values()]
+        assert [int(load.argmax()) for load in loads] == [0, 1, 2, 3]
+        assert all(float(load.max()) == 1.0 for load in loads)
+        values[scope] = float(balance_loss(model).detach())
+    assert values["pooled"] == pytest.approx(0.25, abs=1e-6)
+    assert values["layer"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_statistics_gradient_matches_autograd(scope):
+    """The closed-form gradient the injection uses equals autograd's on the statistics formula."""
+    generator = torch.Generator().manual_seed(0)
+    gate = torch.rand(3, 4, generator=generator, dtype=torch.float64) * 5
+    prob = torch.rand(3, 4, generator=generator, dtype=torch.float64) * 5
+    tokens = torch.tensor([7.0, 5.0, 9.0], dtype=torch.float64)
+    for scale in (False, True):
+        g, p = gate.clone().requires_grad_(), prob.clone().requires_grad_()
+        balance_from_statistics(g, p, tokens, scope, scale).backward()
+        d_gate, d_prob = balance_gradient_from_statistics(gate, prob, tokens, scope, scale)
+        torch.testing.assert_close(d_gate, g.grad)
+        torch.testing.assert_close(d_prob, p.grad)

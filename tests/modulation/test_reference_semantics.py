@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import hycam_pl.modulation.router as router_module
 from hycam_pl import HyCAMConfig, attach, balance_loss, routing_statistics
+from hycam_pl.modulation.balance import balance_from_statistics
 
 from .conftest import batch, randomize_adapter, tiny_model
 
@@ -118,12 +119,26 @@ def test_module_matches_naive_per_token_implementation(apply_to, bias, num_exper
     assert not torch.allclose(actual, base(input_ids=input_ids, attention_mask=mask).logits)
 
     if num_experts:
-        # Balance loss over all layers' routed tokens, padding excluded (METHOD.md §3).
-        valid = [(g, p) for g, p, keep in routed if keep]
-        mean_g = torch.stack([g for g, _ in valid]).mean(0)
-        mean_p = torch.stack([p for _, p in valid]).mean(0)
-        torch.testing.assert_close(balance_loss(model), (mean_g * mean_p).sum(), rtol=1e-5, atol=1e-6)
+        # Balance loss, padding excluded (METHOD.md §3): by default the mean over layers of each layer's loss;
+        # the pooled form over all layers' routed tokens from the same statistics.
+        def switch(rows):
+            valid = [(g, p) for g, p, keep in rows if keep]
+            return (
+                torch.stack([g for g, _ in valid]).mean(0) * torch.stack([p for _, p in valid]).mean(0)
+            ).sum()
+
+        per_layer = len(routed) // 2
+        expected = (switch(routed[:per_layer]) + switch(routed[per_layer:])) / 2
+        torch.testing.assert_close(balance_loss(model), expected, rtol=1e-5, atol=1e-6)
         stats = routing_statistics(model)
+        pooled = balance_from_statistics(
+            torch.stack([stats[i].gate_sum for i in (0, 1)]),
+            torch.stack([stats[i].prob_sum for i in (0, 1)]),
+            torch.stack([stats[i].tokens for i in (0, 1)]),
+            "pooled",
+            False,
+        )
+        torch.testing.assert_close(pooled, switch(routed), rtol=1e-5, atol=1e-6)
         assert sorted(stats) == [0, 1]
         assert float(stats[0].tokens) == float(mask.sum())
         torch.testing.assert_close(stats[0].load.sum(), torch.tensor(1.0))

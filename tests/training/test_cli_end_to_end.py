@@ -53,7 +53,7 @@ def test_test_reports_per_task_metrics(quickstart_run):
     run_dir = tmp / "runs" / "tiny" / "version_1"
     results = json.loads((run_dir / "results.json").read_text())
     for task in (*TASKS, "macro"):
-        for metric in ("loss", "ppl", "bleu4", "rouge1", "rouge2", "rougeL", "exact_match", "task_score"):
+        for metric in ("loss", "ppl", "sacrebleu", "rouge1", "rouge2", "rougeL", "exact_match", "task_score"):
             assert metric in results[task], f"{task}/{metric}"
     assert "Per-task test results" in test.stdout and "| **macro** |" in (run_dir / "results.md").read_text()
     values = scalars(run_dir)

@@ -8,12 +8,14 @@ import pytest
 import yaml
 
 from hycam_pl.cli import main
+from hycam_pl.methods import METHODS
 
 from .conftest import REPO
 
 CONFIGS = REPO / "configs"
 PAPER_BASE = CONFIGS / "paper" / "hycam.yaml"
 MODEL_FRAGMENTS = sorted((CONFIGS / "paper" / "models").glob("*.yaml"))
+ABLATIONS = sorted((CONFIGS / "ablations").glob("*.yaml"))  # overlays, checked on top of tiny.yaml
 
 
 def print_config(*config_files: Path, overrides: tuple[str, ...] = ()) -> dict:
@@ -28,9 +30,15 @@ def print_config(*config_files: Path, overrides: tuple[str, ...] = ()) -> dict:
 
 
 def shipped_configs() -> list[tuple[Path, ...]]:
-    """Standalone configs alone; model fragments together with the paper base they extend."""
-    standalone = [(p,) for p in sorted(CONFIGS.rglob("*.yaml")) if p.parent.name != "models"]
-    return standalone + [(PAPER_BASE, fragment) for fragment in MODEL_FRAGMENTS]
+    """Standalone configs alone; model fragments with the paper base they extend; ablations over tiny.yaml."""
+    standalone = [
+        (p,) for p in sorted(CONFIGS.rglob("*.yaml")) if p.parent.name not in ("models", "ablations")
+    ]
+    return (
+        standalone
+        + [(PAPER_BASE, fragment) for fragment in MODEL_FRAGMENTS]
+        + [(CONFIGS / "tiny.yaml", overlay) for overlay in ABLATIONS]
+    )
 
 
 def test_every_yaml_under_configs_is_covered():
@@ -42,7 +50,7 @@ def test_every_yaml_under_configs_is_covered():
 @pytest.mark.parametrize("files", shipped_configs(), ids=lambda files: "+".join(p.stem for p in files))
 def test_shipped_config_parses(files):
     config = print_config(*files)
-    assert config["model"]["method"] in ("hycam", "cam", "full")
+    assert config["model"]["method"] in METHODS
     assert config["data"]["tasks"], "a config must name its tasks"
     if files[-1] in MODEL_FRAGMENTS:
         fragment = yaml.safe_load(files[-1].read_text())

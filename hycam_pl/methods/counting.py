@@ -1,0 +1,103 @@
+"""Trainable-parameter counts of every method on a backbone *shape*, computed on meta-device models (no memory, no
+weights): ``python -m hycam_pl.methods.counting`` prints the README's method table."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from typing import Any
+
+import torch
+import transformers
+
+from hycam_pl.backbone import config_from_dict
+from hycam_pl.methods.base import build_method
+from hycam_pl.modulation import HyCAMConfig
+
+SMOLLM2_135M: dict[str, Any] = {
+    "model_type": "llama",
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "tie_word_embeddings": True,
+}
+QWEN25_7B: dict[str, Any] = {
+    "model_type": "qwen2",
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "tie_word_embeddings": False,
+}
+LLAMA2_7B: dict[str, Any] = {
+    "model_type": "llama",
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "tie_word_embeddings": False,
+}
+SHAPES = {"SmolLM2-135M": SMOLLM2_135M, "Qwen2.5-7B": QWEN25_7B, "Llama-2-7B": LLAMA2_7B}
+# (row label, model.method, model.method_options); model.hycam is HyCAMConfig() unless the method is cam.
+TABLE_METHODS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("full", "full", None),
+    ("lora", "lora", None),
+    ("lora (parameter-matched)", "lora", {"match_parameters": True}),
+    ("dora", "dora", None),
+    ("ia3", "ia3", None),
+    ("molora", "molora", None),
+    ("hydralora", "hydralora", None),
+    ("cam", "cam", None),
+    ("hycam", "hycam", None),
+]
+
+
+def meta_model(shape: dict[str, Any]) -> transformers.PreTrainedModel:
+    config = config_from_dict(dict(shape))
+    with torch.device("meta"):
+        return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def trainable_parameters(
+    shape: dict[str, Any],
+    method: str,
+    hycam: HyCAMConfig | None = None,
+    method_options: dict[str, Any] | None = None,
+) -> tuple[int, int]:
+    """(trainable, total) parameters of ``method`` applied to a meta-device model of ``shape``."""
+    built = build_method(method, hycam=hycam, method_options=method_options)
+    with contextlib.redirect_stdout(io.StringIO()):  # the parameter-matched LoRA prints its match
+        model = built.apply(meta_model(shape))
+    unique = {id(p): p for p in model.parameters()}.values()  # tied embeddings once
+    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+
+
+def table() -> str:
+    """The README's Markdown table of trainable parameters per method and backbone shape."""
+    names = list(SHAPES)
+    lines = [
+        "| method | " + " | ".join(f"{n} trainable (% of base)" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    bases = {n: trainable_parameters(shape, "full")[0] for n, shape in SHAPES.items()}
+    for label, method, options in TABLE_METHODS:
+        cells = []
+        for name, shape in SHAPES.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                count, _ = trainable_parameters(shape, method, None, options)
+            cells.append(f"{count:,} ({100 * count / bases[name]:.2f}%)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
