@@ -260,8 +260,9 @@ def write_plots(spec: SweepSpec, stats: list[GroupStats], directory: Path) -> li
                     ]
                 )
                 lines.setdefault(label, []).append(group)
-            for label, groups in lines.items():
-                xs = [position[_hashable_label(g.point[x_key])] for g in groups]
+            for index, (label, groups) in enumerate(lines.items()):
+                dodge = (index - (len(lines) - 1) / 2) * 0.06  # keeps overlapping error bars apart
+                xs = [position[_hashable_label(g.point[x_key])] + dodge for g in groups]
                 ax.errorbar(
                     xs,
                     [_nan(g.mean[metric]) for g in groups],
@@ -325,7 +326,7 @@ def write_hparams(spec: SweepSpec, records: list[TrialRecord], directory: Path) 
     domains: dict[str, list[Any]] = {}
     for key in all_values[0] if all_values else []:
         seen = list(dict.fromkeys(v[key] for v in all_values))
-        if len({type(v) for v in seen}) == 1 and not isinstance(seen[0], float):
+        if len({type(v) for v in seen}) == 1 and isinstance(seen[0], (str, bool, int)):
             domains[key] = seen
     for record, values in zip(done, all_values, strict=True):
         metrics = {

@@ -123,10 +123,10 @@ class _Progress:
             flush=True,
         )
 
-    def started(self, trial_id: str) -> None:
+    def started(self, trial_id: str, resume: bool = False) -> None:
         self.running += 1
         self.pending -= 1
-        self.line(f"started {trial_id}")
+        self.line(f"started {trial_id}{' (resuming from its last.ckpt)' if resume else ''}")
 
     def finished(self, trial_id: str, result: dict[str, Any], metrics: list[str]) -> None:
         self.running -= 1
@@ -170,7 +170,7 @@ def run_on_ray(
 
     class Progress(tune.Callback):
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            progress.started(_trial_name(trial))
+            progress.started(_trial_name(trial), trial.config["trial"]["resume"])
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             progress.finished(_trial_name(trial), trial.last_result or {}, metrics)
@@ -260,4 +260,6 @@ def run_sweep(
         f"tensorboard --logdir {outputs['hparams']} (HParams tab)",
         flush=True,
     )
+    if done + len(failed_records) < len(records):
+        print(f"[sweep {spec.name}] unfinished trials remain: rerun the same command to run them", flush=True)
     return 0 if done == len(records) else 1

@@ -289,7 +289,11 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
         max_concurrent=max_concurrent,
         plot_x=plot_x,
     )
-    spec.trials()  # every override must apply to the merged configs
+    for trial in spec.trials():  # every override must apply to the merged configs
+        try:
+            trial_config(trial.config, spec.output / trial.id)
+        except SweepError as error:
+            raise SweepError(f"{path}: trial {trial.id}: {error}") from None
     return spec
 
 

@@ -118,6 +118,9 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                 stdout=out,
                 stderr=err,
                 check=False,
+                # Its own session: a Ctrl-C on the sweep reaches Ray (which stops the trial, so it stays
+                # unfinished), not the CLI (whose clean exit code would mark the trial failed).
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             ).returncode
             err.seek(0)

@@ -100,3 +100,32 @@ def test_written_outputs(made: tuple) -> None:
     # rebuilt, not appended to: aggregating again leaves one event file per trial
     aggregate(spec, records, spec.output)
     assert all(len(list(d.iterdir())) == 1 for d in outputs["hparams"].iterdir())
+
+
+def test_variants_only_sweep(tmp_path: Path) -> None:
+    """A method comparison (variants, no grid): one group per variant, one point per variant on the plot."""
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": {"method": "hycam"}}))
+    (tmp_path / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "base": str(tmp_path / "base.yaml"),
+                "output": str(tmp_path / "out"),
+                "variants": {"cam": {"model.method": "cam"}, "hycam": {}},
+                "seeds": [0, 1],
+                "metrics": ["macro/task_score"],
+            }
+        )
+    )
+    spec = load_sweep(tmp_path / "sweep.yaml")
+    assert [t.id for t in spec.trials()] == ["cam-seed=0", "cam-seed=1", "hycam-seed=0", "hycam-seed=1"]
+    for trial, score in zip(spec.trials(), [0.25, 0.75, 0.5, 0.5], strict=True):
+        directory = trial_dir(spec.output, trial)
+        directory.mkdir(parents=True)
+        metrics = {"macro/task_score": score}
+        (directory / "result.json").write_text(json.dumps({"status": "done", "metrics": metrics}))
+    records = [read_record(t, trial_dir(spec.output, t)) for t in spec.trials()]
+    outputs = aggregate(spec, records, spec.output)
+    markdown = outputs["md"].read_text()
+    assert "| cam | 2/2 | 0.5000 ± 0.3536 |" in markdown  # sample std of 0.25, 0.75 = 0.25 * sqrt(2)
+    assert "| hycam | 2/2 | 0.5000 ± 0.0000 |" in markdown
+    assert outputs["plots"][0].stat().st_size > 1000
