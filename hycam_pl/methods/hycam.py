@@ -9,6 +9,7 @@ from torch import nn
 
 from hycam_pl.methods.base import AdaptationMethod, _groups, refuse_method_options, register_method
 from hycam_pl.modulation import HyCAMConfig, attach, balance_loss, count_parameters, save_adapter
+from hycam_pl.modulation.config import ROUTING_DEFAULTS, warn_once
 from hycam_pl.modulation.model import component_of
 
 
@@ -26,12 +27,7 @@ class HyCAMMethod(AdaptationMethod):
         self.name = "cam" if single else "hycam"
         refuse_method_options(self.name, method_options, "set its options under model.hycam")
         if single:
-            if hycam is not None and hycam.num_experts != 0:
-                raise ValueError(
-                    f"model.method='cam' is the single shared CAM, but model.hycam.num_experts={hycam.num_experts}; "
-                    "use method 'hycam' for experts or set num_experts: 0"
-                )
-            hycam = hycam or HyCAMConfig(num_experts=0)
+            hycam = _single_cam(hycam) if hycam is not None else HyCAMConfig(num_experts=0)
         self.config = hycam or HyCAMConfig()
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -66,6 +62,19 @@ class HyCAMMethod(AdaptationMethod):
 
     def summary(self, model: nn.Module) -> dict[str, dict[str, int]]:
         return count_parameters(model)
+
+
+def _single_cam(config: HyCAMConfig) -> HyCAMConfig:
+    """``method: cam`` keeps the config's CAM options and drops its experts and routing, with a warning, so that
+    ``--model.method cam`` alone turns any HyCAM config into its CAM baseline."""
+    if config.num_experts == 0:
+        return config
+    warn_once(
+        f"model.method='cam' is the single shared CAM: model.hycam.num_experts={config.num_experts} and its "
+        "expert/routing options are ignored (use method 'hycam' for experts)"
+    )
+    kept = {k: v for k, v in config.to_dict().items() if k not in ROUTING_DEFAULTS}
+    return HyCAMConfig.from_dict({**kept, "num_experts": 0})
 
 
 register_method("hycam", lambda hycam=None, method_options=None: HyCAMMethod(hycam, False, method_options))

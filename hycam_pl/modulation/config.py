@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -30,8 +31,10 @@ class HyCAMConfig:
     """Contextual Attention Modulation settings (METHOD.md §2-3).
 
     ``num_experts=0`` is plain CAM (the shared full-rank gate only). The expert and routing options (``rank``,
-    ``alpha``, ``tau``, ``hard``, ``eval_routing``, ``balance_coef``, ``balance_scale_by_experts``, ``balance_scope``) take their
-    defaults when ``num_experts > 0`` and must be left unset when ``num_experts == 0``.
+    ``alpha``, ``tau``, ``hard``, ``eval_routing``, ``balance_coef``, ``balance_scale_by_experts``,
+    ``balance_scope``) take their defaults when ``num_experts > 0``. With ``num_experts == 0`` they have no
+    meaning: valid values are ignored with a warning (so a sweep over ``num_experts`` can include 0 without
+    editing the config), invalid ones are still errors.
     """
 
     num_experts: int = 2
@@ -62,10 +65,17 @@ class HyCAMConfig:
         if self.num_experts == 0:
             given = [name for name in ROUTING_DEFAULTS if getattr(self, name) is not None]
             if given:
-                raise ValueError(
-                    f"HyCAMConfig: {', '.join(given)} set with num_experts=0; these are expert/routing options "
-                    "and have no effect without experts. Remove them or set num_experts >= 1."
+                # A bad value is still an error; a valid one is ignored with a warning, so that a sweep can
+                # override num_experts to 0 without also removing the config's rank, tau, ...
+                self._check_routing(given)
+                warn_once(
+                    f"HyCAMConfig: num_experts=0 (plain CAM) has no experts or router, so "
+                    f"{', '.join(f'{name}={getattr(self, name)!r}' for name in given)} "
+                    f"{'is' if len(given) == 1 else 'are'} ignored",
+                    stacklevel=5,
                 )
+                for name in given:
+                    setattr(self, name, None)
             if not self.shared:
                 raise ValueError(
                     "HyCAMConfig: shared=False with num_experts=0 leaves nothing to train; "
@@ -75,37 +85,7 @@ class HyCAMConfig:
             for name, default in ROUTING_DEFAULTS.items():
                 if getattr(self, name) is None:
                     setattr(self, name, default)
-            _require(
-                isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
-                "rank",
-                self.rank,
-                "an integer >= 1",
-            )
-            _require(_is_number(self.alpha) and self.alpha > 0, "alpha", self.alpha, "a number > 0")
-            _require(_is_number(self.tau) and self.tau > 0, "tau", self.tau, "a number > 0")
-            _require(isinstance(self.hard, bool), "hard", self.hard, "true or false")
-            _require(
-                self.eval_routing in EVAL_ROUTING, "eval_routing", self.eval_routing, _one_of(EVAL_ROUTING)
-            )
-            _require(
-                _is_number(self.balance_coef) and self.balance_coef >= 0,
-                "balance_coef",
-                self.balance_coef,
-                "a number >= 0",
-            )
-            _require(
-                isinstance(self.balance_scale_by_experts, bool),
-                "balance_scale_by_experts",
-                self.balance_scale_by_experts,
-                "true or false",
-            )
-            _require(
-                self.balance_scope in BALANCE_SCOPES,
-                "balance_scope",
-                self.balance_scope,
-                _one_of(BALANCE_SCOPES) + " (layer: each layer balanced on its own; pooled: the reference's "
-                "one loss over all layers' tokens)",
-            )
+            self._check_routing(list(ROUTING_DEFAULTS))
         _require(isinstance(self.bias, bool), "bias", self.bias, "true or false")
         _require(isinstance(self.shared, bool), "shared", self.shared, "true or false")
         _require(self.apply_to in APPLY_TO, "apply_to", self.apply_to, _one_of(APPLY_TO))
@@ -122,6 +102,29 @@ class HyCAMConfig:
                 "null (all layers) or a non-empty list of distinct layer indices >= 0",
             )
             self.layers = sorted(layers)
+
+    def _check_routing(self, names: list[str]) -> None:
+        """Validate the routing options in ``names`` (all are set)."""
+        checks = {
+            "rank": (
+                isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
+                "an integer >= 1",
+            ),
+            "alpha": (_is_number(self.alpha) and self.alpha > 0, "a number > 0"),
+            "tau": (_is_number(self.tau) and self.tau > 0, "a number > 0"),
+            "hard": (isinstance(self.hard, bool), "true or false"),
+            "eval_routing": (self.eval_routing in EVAL_ROUTING, _one_of(EVAL_ROUTING)),
+            "balance_coef": (_is_number(self.balance_coef) and self.balance_coef >= 0, "a number >= 0"),
+            "balance_scale_by_experts": (isinstance(self.balance_scale_by_experts, bool), "true or false"),
+            "balance_scope": (
+                self.balance_scope in BALANCE_SCOPES,
+                _one_of(BALANCE_SCOPES) + " (layer: each layer balanced on its own; pooled: the reference's "
+                "one loss over all layers' tokens)",
+            ),
+        }
+        for name in names:
+            ok, allowed = checks[name]
+            _require(ok, name, getattr(self, name), allowed)
 
     @property
     def scaling(self) -> float:
@@ -141,6 +144,17 @@ class HyCAMConfig:
             # A resolved CAM config stores routing options as None; drop them so the round trip validates.
             values = {k: v for k, v in values.items() if not (k in ROUTING_DEFAULTS and v is None)}
         return cls(**values)
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str, stacklevel: int = 3) -> None:
+    """A ``UserWarning`` shown once per process (configs are rebuilt several times per run: CLI check, model,
+    checkpoint reload)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
 
 def _is_number(value: Any) -> bool:

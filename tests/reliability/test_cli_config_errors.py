@@ -27,9 +27,14 @@ ADAPTER = "{adapter}"  # replaced by the path of an adapter saved from a smaller
 # name -> (extra CLI arguments, regexes that must all appear in one line)
 CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "unknown_method": (["--model.method", "lora2"], (r"model\.method='lora2' is unknown", r"hycam")),
-    "routing_option_without_experts": (
-        ["--model.hycam.num_experts", "0"],  # the base config sets rank: 4
-        (r"rank set with num_experts=0",),
+    "bad_routing_option_without_experts": (
+        [
+            "--model.hycam.num_experts",
+            "0",
+            "--model.hycam.tau",
+            "0",
+        ],  # ignored without experts, still checked
+        (r"HyCAMConfig\.tau=0 is invalid",),
     ),
     "rank_above_hidden_size": (["--model.hycam.rank", "1000"], (r"rank=1000", r"hidden_size=64")),
     "layer_out_of_range": (["--model.hycam.layers", "[0, 5]"], (r"layers", r"\[5\]", r"out of range")),

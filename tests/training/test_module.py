@@ -8,6 +8,7 @@ import transformers
 
 from hycam_pl import HyCAMConfig
 from hycam_pl.methods import METHODS
+from hycam_pl.modulation import config as config_module
 from hycam_pl.training import MultiTaskLM
 
 from .test_resume import BACKBONE
@@ -46,7 +47,8 @@ def test_parameter_groups_split_learning_rates_and_never_decay_biases():
     assert covered == sum(1 for p in model.model.parameters() if p.requires_grad)
 
 
-def test_methods_are_pluggable_and_validated():
+def test_methods_are_pluggable_and_validated(monkeypatch):
+    monkeypatch.setattr(config_module, "_WARNED", set())
     assert {"hycam", "cam", "full"} <= set(METHODS)
     cam = MultiTaskLM(BACKBONE, method="cam")
     assert cam.method.config.num_experts == 0
@@ -57,10 +59,9 @@ def test_methods_are_pluggable_and_validated():
         match=r"model.method='lora2' is unknown; choose one of: cam, dora, full, hycam, hydralora, ia3, lora, molora",
     ):
         MultiTaskLM(BACKBONE, method="lora2")
-    with pytest.raises(
-        ValueError, match=r"model.method='cam' is the single shared CAM, but model.hycam.num_experts=4"
-    ):
-        MultiTaskLM(BACKBONE, method="cam", hycam=HyCAMConfig(num_experts=4))
+    with pytest.warns(UserWarning, match=r"model.method='cam' is the single shared CAM: .*num_experts=4"):
+        swept = MultiTaskLM(BACKBONE, method="cam", hycam=HyCAMConfig(num_experts=4, layers=[1]))
+    assert swept.method.config == HyCAMConfig(num_experts=0, layers=[1])  # CAM options kept, routing dropped
     with pytest.warns(UserWarning, match=r"model.hycam is set but model.method='full' does not use it"):
         MultiTaskLM(BACKBONE, method="full", hycam=HyCAMConfig())  # one config switches methods by name
     with pytest.raises(ValueError, match=r"model.activation_checkpointing='sometimes' is invalid"):
