@@ -123,6 +123,13 @@ class PeftMethod(AdaptationMethod):
             )
         return wrapped
 
+    def decays(self, name: str, param: nn.Parameter) -> bool:
+        """DoRA magnitudes and (IA)^3 scales are multiplicative (initialised from the weight norms / to 1):
+        weight decay would pull them towards 0, so they never decay; LoRA's A and B do (biases never)."""
+        if "lora_magnitude_vector" in name or "ia3_l" in name or name.split(".")[-1].endswith("bias"):
+            return False
+        return True
+
     # ------------------------------------------------------------------------------ parameter matching
     def targets(self) -> list[str]:
         targets = self.options["target_modules"]
