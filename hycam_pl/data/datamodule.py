@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 from hycam_pl.data.collate import GenerationCollator, TrainCollator
@@ -28,12 +30,18 @@ from hycam_pl.data.examples import TaskExamples, prompt_items
 from hycam_pl.data.predict import load_predict_records
 from hycam_pl.data.prompts import build_prompt, check_chat_template
 from hycam_pl.data.report import DataReport, SplitReport, TaskReport
-from hycam_pl.data.sampler import SAMPLING_POLICIES, MultiTaskBatchSampler, task_probabilities
+from hycam_pl.data.sampler import SAMPLING_POLICIES, MultiTaskBatchSampler, SampledBatch, task_probabilities
 from hycam_pl.data.scorers import Scorer, get_scorer
 from hycam_pl.data.sources import load_task_records
 from hycam_pl.data.splits import split_records
 from hycam_pl.data.task import SPLITS, TaskConfig
-from hycam_pl.data.tokenize import TokenizeSettings, tokenize_prompts, tokenize_task, tokenizer_fingerprint
+from hycam_pl.data.tokenize import (
+    IGNORE_INDEX,
+    TokenizeSettings,
+    tokenize_prompts,
+    tokenize_task,
+    tokenizer_fingerprint,
+)
 from hycam_pl.data.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,49 @@ class _ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass
+
+
+class _TrainExamples(TaskExamples):
+    """Training examples fetched a batch at a time, keeping the batch's loss-normaliser ``window``."""
+
+    def __getitems__(self, indices: list[int]) -> SampledBatch:
+        return SampledBatch([self[index] for index in indices], getattr(indices, "window", None))
+
+
+@dataclass
+class _WindowCollator:
+    """``TrainCollator`` plus ``loss_tokens``/``loss_examples``: the totals of the batch's optimizer step
+    over all micro-batches and ranks, which ``MultiTaskLM`` divides the summed task loss by."""
+
+    collate: TrainCollator
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(items)
+        window = getattr(items, "window", None)
+        if window is not None:
+            batch["loss_tokens"] = torch.tensor(window[0], dtype=torch.long)
+            batch["loss_examples"] = torch.tensor(window[1], dtype=torch.long)
+        return batch
+
+
+class EvalShardSampler(DistributedSampler):
+    """Rank ``r`` of ``W`` gets the contiguous block ``[r*n//W, (r+1)*n//W)``: every example exactly once.
+
+    Lightning's own distributed sampler pads shards with repeated examples so that every rank has the same
+    number of batches, which counts those examples twice in per-task metrics. Being a ``DistributedSampler``,
+    this one is left in place by Lightning's sampler injection.
+    """
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.size = size
+        self.start, self.stop = rank * size // num_replicas, (rank + 1) * size // num_replicas
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
 
 class MultiTaskDataModule(LightningDataModule):
@@ -140,6 +191,7 @@ class MultiTaskDataModule(LightningDataModule):
         self._generation_items: dict[str, list[dict[str, Any]]] = {}
         self._train_sampler: MultiTaskBatchSampler | None = None
         self._pending_resume: tuple[int, int] | None = None
+        self._loss_tokens: list[int] | None = None
 
     # ------------------------------------------------------------------ what the model side reads
     @property
@@ -188,10 +240,9 @@ class MultiTaskDataModule(LightningDataModule):
         """Batches from :class:`MultiTaskBatchSampler` over all tasks' training splits."""
         self._require_setup()
         world_size, rank = self._world()
-        num_batches = None
-        if self.samples_per_epoch is not None:
-            num_batches = max(1, self.samples_per_epoch // (self.batch_size * world_size))
+        num_batches = self._batches_per_epoch()
         epoch, batch = self._start_position()
+        accumulate, epoch_batches = self._trainer_schedule(num_batches)
         self._train_sampler = MultiTaskBatchSampler(
             self._train_sizes(),
             self.batch_size,
@@ -203,11 +254,14 @@ class MultiTaskDataModule(LightningDataModule):
             rank=rank,
             start_epoch=epoch,
             start_batch=batch,
+            example_tokens=self._train_loss_tokens(),
+            accumulate=accumulate,
+            epoch_batches=epoch_batches,
         )
         return _ResumableDataLoader(
-            TaskExamples(self._splits_of("train")),
+            _TrainExamples(self._splits_of("train")),
             batch_sampler=self._train_sampler,
-            collate_fn=self._train_collator(),
+            collate_fn=_WindowCollator(self._train_collator()),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -276,6 +330,16 @@ class MultiTaskDataModule(LightningDataModule):
             "train_sizes": self._train_sizes() if self._splits is not None else None,
             "batch_size": self.batch_size,
             "world_size": self._world()[0],
+            **self._mixture(),
+        }
+
+    def _mixture(self) -> dict[str, Any]:
+        """What decides the task mixture and the epoch length (recorded so a resume can compare)."""
+        return {
+            "sampling": self.sampling,
+            "temperature": self.temperature,
+            "samples_per_epoch": self.samples_per_epoch,
+            "batches_per_epoch": self._batches_per_epoch() if self._splits is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -292,12 +356,21 @@ class MultiTaskDataModule(LightningDataModule):
         }
         if self._splits is not None:
             current["train_sizes"] = self._train_sizes()
-        changed = [key for key, value in current.items() if state_dict.get(key) != value]
+        mixture = self._mixture()
+        if "temperature" not in (self.sampling, state_dict.get("sampling")):
+            mixture.pop("temperature")  # only the temperature policy reads it
+        if mixture["batches_per_epoch"] is None or state_dict.get("batches_per_epoch") is None:
+            mixture.pop("batches_per_epoch")
+        current.update(mixture)
+        # Keys an older checkpoint did not record cannot be compared.
+        changed = [key for key, value in current.items() if key in state_dict and state_dict[key] != value]
         if changed:
+            details = ", ".join(f"{key} {state_dict[key]!r} -> {current[key]!r}" for key in changed)
             log.warning(
-                "MultiTaskDataModule: resuming with a different %s; the remaining batches will differ from "
-                "those of the interrupted run",
-                ", ".join(changed),
+                "MultiTaskDataModule: resuming with a different %s (checkpoint -> now); the remaining batches "
+                "(their task mixture and the epoch length) will differ from those of the interrupted run, "
+                "so the result is not that of one uninterrupted run",
+                details,
             )
         position = (int(state_dict["epoch"]), int(state_dict["batch"]))
         self._pending_resume = position
@@ -370,10 +443,12 @@ class MultiTaskDataModule(LightningDataModule):
         if not any(len(part) for part in parts):
             log.warning("no task has %s examples; the %s loop is skipped", split, split)
             return []
+        examples = TaskExamples(parts)
+        world_size, rank = self._world()
         return DataLoader(
-            TaskExamples(parts),
+            examples,
             batch_size=self.eval_batch_size,
-            shuffle=False,
+            sampler=EvalShardSampler(len(examples), world_size, rank),
             collate_fn=self._train_collator(),
             num_workers=self.num_workers,
         )
@@ -383,6 +458,34 @@ class MultiTaskDataModule(LightningDataModule):
 
     def _generation_collator(self) -> GenerationCollator:
         return GenerationCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+
+    def _batches_per_epoch(self) -> int:
+        """Training batches per epoch and rank (what ``MultiTaskBatchSampler`` gets as ``num_batches``)."""
+        examples = self.samples_per_epoch if self.samples_per_epoch is not None else sum(self._train_sizes())
+        return max(1, examples // (self.batch_size * self._world()[0]))
+
+    def _train_loss_tokens(self) -> list[int]:
+        """Loss tokens of every training example (as ``per_example_nll`` counts them: labels shifted by one)."""
+        if self._loss_tokens is None:
+            self._loss_tokens = [
+                sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+                for part in self._splits_of("train")
+                for labels in part["labels"]
+            ]
+        return self._loss_tokens
+
+    def _trainer_schedule(self, num_batches: int) -> tuple[int, int]:
+        """(micro-batches per optimizer step, batches per epoch the trainer runs) for ``num_batches``."""
+        trainer = self._trainer_or_none()
+        if trainer is None:
+            return 1, num_batches
+        accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+        limit = getattr(trainer, "limit_train_batches", None)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            return accumulate, max(1, min(num_batches, limit))
+        if isinstance(limit, float):
+            return accumulate, max(1, min(num_batches, int(num_batches * limit)))
+        return accumulate, num_batches
 
     def _world(self) -> tuple[int, int]:
         trainer = self._trainer_or_none()

@@ -13,6 +13,11 @@ Lightning integration: this is a ``BatchSampler`` subclass with a ``sampler`` ar
 Lightning's default ``use_distributed_sampler=True`` can re-create it with a ``DistributedSampler``, from
 which only ``num_replicas``/``rank`` are read. Lightning calls ``batch_sampler.sampler.set_epoch``; our
 ``sampler`` attribute forwards that call to :meth:`MultiTaskBatchSampler.set_epoch`.
+
+Loss normalisation: given each example's number of loss tokens and the trainer's gradient accumulation,
+every yielded batch is a :class:`SampledBatch` that also carries the totals of its whole optimizer step
+(all micro-batches of the accumulation window, all ranks), known before the first backward of the step
+because the epoch's global batches are a pure function of ``(seed, epoch)``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,16 @@ def task_probabilities(
     return weights / weights.sum()
 
 
+class SampledBatch(list):
+    """A list of example indices (or of the examples themselves) plus ``window``: the loss normaliser of
+    the optimizer step it belongs to, ``(loss tokens, examples with at least one loss token)`` summed over
+    the step's micro-batches on every rank, or ``None`` when unknown."""
+
+    def __init__(self, items: Any = (), window: tuple[int, int] | None = None) -> None:
+        super().__init__(items)
+        self.window = window
+
+
 class _EpochRelay:
     """What Lightning finds at ``batch_sampler.sampler``: forwards ``set_epoch`` to the batch sampler."""
 
@@ -80,6 +95,12 @@ class MultiTaskBatchSampler(BatchSampler):
         num_replicas, rank: distributed sharding (overridden by a ``DistributedSampler`` passed as ``sampler``).
         start_epoch, start_batch: resume position: the first iteration skips ``start_batch`` batches.
         sampler: only for Lightning's sampler injection; its ``num_replicas``/``rank`` are used.
+        example_tokens: loss tokens of every example (concatenation order); when given, batches are
+            :class:`SampledBatch` objects whose ``window`` holds their optimizer step's totals.
+        accumulate: micro-batches per optimizer step (the trainer's ``accumulate_grad_batches``); windows are
+            batches ``[k * accumulate, (k + 1) * accumulate)`` of each epoch, as in Lightning.
+        epoch_batches: batches per epoch the trainer actually runs (``limit_train_batches``); the last window
+            ends there. Default: ``num_batches``.
     """
 
     def __init__(
@@ -95,6 +116,9 @@ class MultiTaskBatchSampler(BatchSampler):
         start_epoch: int = 0,
         start_batch: int = 0,
         sampler: Any = None,
+        example_tokens: Sequence[int] | None = None,
+        accumulate: int = 1,
+        epoch_batches: int | None = None,
     ) -> None:
         self.task_sizes = [int(size) for size in task_sizes]
         self.probabilities = tuple(float(p) for p in task_probabilities(self.task_sizes, policy, temperature))
@@ -111,6 +135,17 @@ class MultiTaskBatchSampler(BatchSampler):
         if self.num_batches < 1:
             raise ValueError(f"num_batches must be >= 1, got {num_batches}")
         self.offsets = np.concatenate([[0], np.cumsum(self.task_sizes)[:-1]]).astype(np.int64)
+        if accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        self.accumulate = int(accumulate)
+        self.epoch_batches = min(self.num_batches, int(epoch_batches or self.num_batches))
+        self.example_tokens = None
+        if example_tokens is not None:
+            self.example_tokens = np.asarray(example_tokens, dtype=np.int64)
+            if self.example_tokens.shape != (self.num_examples,):
+                raise ValueError(
+                    f"example_tokens has {len(self.example_tokens)} entries for {self.num_examples} examples"
+                )
         self.epoch = 0
         self._skip = 0  # batches the next iteration skips: a restored position, consumed once
         self._position = 0
@@ -173,10 +208,27 @@ class MultiTaskBatchSampler(BatchSampler):
         epoch, start = self.epoch, self._skip
         self._skip, self._position = 0, start
         columns = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        batches = self.global_batches(epoch)[:, columns]
+        global_batches = self.global_batches(epoch)
+        batches = global_batches[:, columns]
+        windows = self.window_totals(global_batches) if self.example_tokens is not None else None
         for index in range(start, self.num_batches):
             self._position = index + 1
-            yield batches[index].tolist()
+            if windows is None:
+                yield batches[index].tolist()
+            else:
+                yield SampledBatch(batches[index].tolist(), windows[index])
+
+    def window_totals(self, global_batches: np.ndarray) -> list[tuple[int, int]]:
+        """Per batch of the epoch: (loss tokens, examples with loss tokens) of its accumulation window,
+        over all ranks. Batches past ``epoch_batches`` (not trained by the trainer) form their own windows."""
+        assert self.example_tokens is not None
+        tokens = self.example_tokens[global_batches]
+        per_batch = np.stack([tokens.sum(axis=1), (tokens > 0).sum(axis=1)], axis=1)
+        totals = per_batch.copy()
+        for first in range(0, self.epoch_batches, self.accumulate):
+            last = min(first + self.accumulate, self.epoch_batches)
+            totals[first:last] = per_batch[first:last].sum(axis=0)
+        return [(int(t), int(e)) for t, e in totals]
 
     def state_dict(self) -> dict[str, Any]:
         """Position and configuration; see :attr:`position` for what the batch count means."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,18 @@ import torch
 from torch import nn
 
 from hycam_pl.modulation.config import warn_once
+
+# A normalisation layer's name as transformers and torch spell them: ``input_layernorm``, ``norm``,
+# ``LayerNorm``, ``layer_norm``, ``ln_f``/``ln_1`` (GPT-2), ``q_norm``.
+_NORM_LAYER = re.compile(r"norm|^ln(_|$)", re.IGNORECASE)
+
+
+def is_bias_or_norm(name: str) -> bool:
+    """Whether parameter ``name`` is a bias (``bias``, ``bias_A``...) or belongs to a normalisation layer."""
+    parts = name.split(".")
+    if "bias" in parts[-1].lower():
+        return True
+    return len(parts) > 1 and _NORM_LAYER.search(parts[-2]) is not None
 
 
 class AdaptationMethod:
@@ -24,14 +37,20 @@ class AdaptationMethod:
         """Extra losses of the last forward: name -> (weight in the total loss, unweighted value)."""
         return {}
 
+    def decays(self, name: str, param: nn.Parameter) -> bool:
+        """Whether weight decay applies to a trainable parameter: decided by its role, never by its shape
+        (stacked expert biases are 2-D). Biases and normalisation weights never decay; methods with other
+        parameters that should not decay (e.g. scales) override this."""
+        return not is_bias_or_norm(name)
+
     def parameter_groups(
         self, model: nn.Module, learning_rate: float, weight_decay: float, overrides: dict[str, float]
     ) -> list[dict[str, Any]]:
-        """AdamW groups. Biases and norm weights (1-D tensors) never get weight decay."""
+        """AdamW groups: ``decay`` and ``no_decay`` (see :meth:`decays`)."""
         decay, no_decay = [], []
-        for _, param in model.named_parameters():
+        for name, param in model.named_parameters():
             if param.requires_grad:
-                (no_decay if param.ndim <= 1 else decay).append(param)
+                (decay if self.decays(name, param) else no_decay).append(param)
         return _groups(
             [("decay", decay, learning_rate, weight_decay), ("no_decay", no_decay, learning_rate, 0.0)]
         )

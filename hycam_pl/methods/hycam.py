@@ -41,7 +41,8 @@ class HyCAMMethod(AdaptationMethod):
     def parameter_groups(
         self, model: nn.Module, learning_rate: float, weight_decay: float, overrides: dict[str, float]
     ) -> list[dict[str, Any]]:
-        """Separate learning rates for the shared CAM and for the experts + router; no decay on biases."""
+        """Separate learning rates for the shared CAM and for the experts + router; biases (the stacked
+        ``(K, r)``/``(K, d)`` expert biases too) and norms never decay (see :meth:`decays`)."""
         shared_lr = overrides.get("shared", learning_rate)
         expert_lr = overrides.get("experts", learning_rate)
         buckets: dict[tuple[str, bool], list] = {}
@@ -50,7 +51,7 @@ class HyCAMMethod(AdaptationMethod):
                 continue
             component = component_of(name)
             family = "shared" if component in ("shared", "backbone") else "experts"
-            buckets.setdefault((family, param.ndim > 1), []).append(param)
+            buckets.setdefault((family, self.decays(name, param)), []).append(param)
         specs = []
         for family, lr in (("shared", shared_lr), ("experts", expert_lr)):
             specs.append((f"{family}", buckets.get((family, True), []), lr, weight_decay))

@@ -18,7 +18,7 @@ from hycam_pl.backbone import load_backbone
 from hycam_pl.methods import build_method
 from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_table, write_results
 from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics
-from hycam_pl.training.losses import per_example_nll
+from hycam_pl.training.losses import LOSS_REDUCTIONS, per_example_nll, task_loss_terms
 from hycam_pl.training.validation import check_tokenizer_fits, load_initial_adapter
 
 CHECKPOINTING = (False, True, "reentrant", "non_reentrant")
@@ -54,6 +54,12 @@ class MultiTaskLM(L.LightningModule):
             the specialised CAMs + router.
         activation_checkpointing: False, True / "non_reentrant", or "reentrant".
         max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient.
+        max_scaler_skips: under fp16 loss scaling (``precision: 16-mixed``), stop after this many consecutive
+            steps the GradScaler skipped (inf/NaN gradients); larger than ``max_nonfinite_steps`` because the
+            scaler skips a few steps on purpose while it searches for a scale.
+        loss_reduction: ``token`` (every loss token of an optimizer step weighs the same) or ``sequence``
+            (every example weighs the same: the mean of each example's token mean). Either is exact over the
+            whole optimizer step: independent of gradient accumulation and of the number of devices.
         predict_output: where ``predict`` writes its JSONL (default ``<log dir>/predictions.jsonl``).
         adapter: a saved adapter directory to start from (checked against the backbone before loading).
     """
@@ -80,6 +86,8 @@ class MultiTaskLM(L.LightningModule):
         max_nonfinite_steps: int = 3,
         predict_output: str | None = None,
         adapter: str | None = None,
+        loss_reduction: str = "token",
+        max_scaler_skips: int = 50,
     ) -> None:
         super().__init__()
         if activation_checkpointing not in CHECKPOINTING:
@@ -91,6 +99,12 @@ class MultiTaskLM(L.LightningModule):
             raise ValueError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1)")
         if max_nonfinite_steps < 1:
             raise ValueError(f"model.max_nonfinite_steps={max_nonfinite_steps} must be >= 1")
+        if max_scaler_skips < 1:
+            raise ValueError(f"model.max_scaler_skips={max_scaler_skips} must be >= 1")
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"model.loss_reduction={loss_reduction!r} is invalid; allowed: {', '.join(LOSS_REDUCTIONS)}"
+            )
         # Plain types only in hparams (and so in checkpoints): dataclasses would need unsafe unpickling.
         if isinstance(hycam, dict):
             hycam = HyCAMConfig.from_dict(hycam)
@@ -117,6 +131,8 @@ class MultiTaskLM(L.LightningModule):
                 "max_nonfinite_steps": max_nonfinite_steps,
                 "predict_output": predict_output,
                 "adapter": adapter,
+                "loss_reduction": loss_reduction,
+                "max_scaler_skips": max_scaler_skips,
             }
         )
         self.method = build_method(method, hycam=hycam, method_options=method_options)
@@ -139,6 +155,8 @@ class MultiTaskLM(L.LightningModule):
         self.nonfinite_in_a_row = 0
         self._validations_done = 0
         self._pending_rng_state: dict[str, Any] | None = None
+        self._train_rng_state: dict[str, Any] | None = None
+        self._in_train_batch = False
         self._predictions: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------------- setup
@@ -161,20 +179,63 @@ class MultiTaskLM(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(task loss, per-example NLL sums, per-example loss tokens).
+
+        In training the task loss is this micro-batch's share of the optimizer step's objective (see
+        :meth:`_step_share`); otherwise it is the batch's token-mean NLL.
+        """
         logits = self(batch["input_ids"], batch["attention_mask"])
         nll_sum, tokens = per_example_nll(logits, batch["labels"])
-        task_loss = nll_sum.sum() / tokens.sum().clamp_min(1)
-        return task_loss, nll_sum, tokens
+        if self.training:
+            return self._step_share(batch, nll_sum, tokens), nll_sum, tokens
+        return nll_sum.sum() / tokens.sum().clamp_min(1), nll_sum, tokens
+
+    def _step_share(
+        self, batch: dict[str, torch.Tensor], nll_sum: torch.Tensor, tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """This micro-batch's summed loss divided by the count of its whole optimizer step, times the
+        ``accumulate * world_size`` that Lightning (dividing each micro-batch by ``accumulate_grad_batches``)
+        and DDP (averaging over ranks) divide by: the step's gradient is then exactly that of the objective
+        over all its examples, however they are split into micro-batches and ranks.
+
+        The step's count comes with the batch (``loss_tokens``/``loss_examples``, from the datamodule's
+        sampler, which knows every rank's micro-batches in advance). Without it, a step of one micro-batch
+        per rank still works (the count is summed over ranks here); accumulation needs it.
+        """
+        reduction = self.hparams.loss_reduction
+        total, count = task_loss_terms(nll_sum, tokens, reduction)
+        accumulate, world = (
+            (int(self.trainer.accumulate_grad_batches), int(self.trainer.world_size))
+            if self._trainer is not None
+            else (1, 1)
+        )
+        key = "loss_tokens" if reduction == "token" else "loss_examples"
+        if key in batch:
+            count = batch[key]
+        elif accumulate > 1:
+            raise ValueError(
+                "gradient accumulation needs the token counts of each optimizer step, which batches from "
+                "MultiTaskDataModule carry (loss_tokens/loss_examples); these batches have none"
+            )
+        elif world > 1 and torch.distributed.is_initialized():
+            count = count.detach().clone()
+            torch.distributed.all_reduce(count)
+        return total * (accumulate * world / count.clamp_min(1).to(total.dtype))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        task_loss, _, _ = self._losses(batch)
+        task_loss, nll_sum, tokens = self._losses(batch)
         batch_size = batch["input_ids"].shape[0]
+        # Logged: this micro-batch's own mean (per token or per example), comparable between runs and
+        # settings; optimised: ``loss``, the micro-batch's share of the optimizer step's objective.
+        total, count = task_loss_terms(nll_sum.detach(), tokens, self.hparams.loss_reduction)
+        shown = total / count.clamp_min(1)
+        self.log("train/task_loss", shown, batch_size=batch_size)
         loss = task_loss
         for name, (weight, value) in self.method.auxiliary_losses(self.model).items():
-            loss = loss + weight * value
+            loss = loss + weight * value  # auxiliary losses keep their per-micro-batch mean semantics
+            shown = shown + weight * value.detach()
             self.log(f"train/{name}", value.detach(), batch_size=batch_size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/task_loss", task_loss, batch_size=batch_size)
+        self.log("train/loss", shown, prog_bar=True, batch_size=batch_size)
         for group in self.trainer.optimizers[0].param_groups:
             self.log(f"train/lr/{group.get('name', 'group')}", group["lr"], batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
@@ -185,25 +246,39 @@ class MultiTaskLM(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Logged from one hook only: Lightning keeps one entry per hook under a name, so two would go stale.
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=batch["input_ids"].shape[0])
+        # The training random stream as it stands after this batch (what a checkpoint saved now records).
+        self._train_rng_state = _rng_state()
+        self._in_train_batch = False
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Resuming: continue this rank's random stream (Gumbel noise) exactly where the interrupted run stopped.
-        if self._pending_rng_state is not None:
-            torch.set_rng_state(self._pending_rng_state["cpu"])
-            if torch.cuda.is_available() and self._pending_rng_state.get("cuda") is not None:
-                torch.cuda.set_rng_state(self._pending_rng_state["cuda"])
-            self._pending_rng_state = None
+        """Continue the training random stream (Gumbel noise, dropout) where the last training batch left it.
+
+        Whatever ran in between (validation creating its DataLoader iterator, sampled generation, callbacks)
+        may have drawn from the global generators; a run resumed from a checkpoint saved at the end of that
+        batch would not replay those draws. Restoring the state captured at the end of each batch makes the
+        training stream independent of evaluation, so an interrupted and resumed run draws exactly the same
+        noise as an uninterrupted one, whatever runs on the checkpoint steps.
+        """
+        state, self._pending_rng_state = self._pending_rng_state or self._train_rng_state, None
+        if state is not None:
+            _set_rng_state(state)
+        self._in_train_batch = True
 
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
     ) -> None:
         """Skip (and count) a step whose loss or gradients are not finite, instead of corrupting the weights.
 
-        Under fp16 loss scaling (``precision: 16-mixed``) the GradScaler already skips overflowing steps while
-        it searches for a scale; those are expected, so they are left to it and not counted.
+        Under fp16 loss scaling (``precision: 16-mixed``) the GradScaler skips overflowing steps itself (and
+        lowers its scale); those steps are counted too, against the larger ``max_scaler_skips``, since the
+        scaler skips some on purpose while it searches for a scale, but a model that overflows at every
+        scale would otherwise skip steps forever.
         """
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scale = scaler.get_scale()
             optimizer.step(closure=optimizer_closure)
+            self._record_scaler_step(scale, scaler.get_scale())
             return
 
         def closure_with_check():
@@ -223,15 +298,22 @@ class MultiTaskLM(L.LightningModule):
 
         optimizer.step(closure=closure_with_check)
 
-    def _record_nonfinite(self, what: str) -> None:
+    def _record_scaler_step(self, scale_before: float, scale_after: float) -> None:
+        """The GradScaler lowers its scale exactly when it found inf/NaN gradients and skipped the step."""
+        if scale_after < scale_before:
+            self._record_nonfinite("gradient (skipped by the fp16 GradScaler)", "max_scaler_skips")
+        else:
+            self.nonfinite_in_a_row = 0
+
+    def _record_nonfinite(self, what: str, option: str = "max_nonfinite_steps") -> None:
         self.nonfinite_steps += 1
         self.nonfinite_in_a_row += 1
-        limit = self.hparams.max_nonfinite_steps
+        limit = self.hparams[option]
         if self.nonfinite_in_a_row >= limit:
             last_good = _last_checkpoint(self.trainer)
             raise FloatingPointError(
                 f"non-finite {what} at global step {self.global_step} "
-                f"({self.nonfinite_in_a_row} steps in a row, limit model.max_nonfinite_steps={limit}); "
+                f"({self.nonfinite_in_a_row} steps in a row, limit model.{option}={limit}); "
                 f"last good checkpoint: {last_good or 'none saved yet'}"
             )
 
@@ -393,10 +475,11 @@ class MultiTaskLM(L.LightningModule):
         keys = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
         # Every rank's own generator state (each draws its own Gumbel noise); only rank 0 writes the file.
-        state = {
-            "cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-        }
+        # Between training batches (e.g. a checkpoint saved after validation) this is the training stream
+        # captured at the end of the last batch, not what evaluation left in the global generators (see
+        # ``on_train_batch_start``); during a batch (``every_n_train_steps`` saves) it is the current state.
+        between = not self._in_train_batch and self._train_rng_state is not None
+        state = self._train_rng_state if between else _rng_state()
         states = [state]
         if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
             states = [None] * self.trainer.world_size
@@ -444,6 +527,19 @@ class MultiTaskLM(L.LightningModule):
             return None
         log_dir = trainer.log_dir
         return log_dir if log_dir else trainer.default_root_dir
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if torch.cuda.is_available() and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _last_checkpoint(trainer: L.Trainer) -> str | None:

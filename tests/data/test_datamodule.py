@@ -44,7 +44,11 @@ def test_end_to_end_with_the_four_synthetic_tasks(tmp_path):
     train = datamodule.train_dataloader()
     assert len(train) == 4 * 42 // 4
     batch = next(iter(train))
-    assert set(batch) == {"input_ids", "attention_mask", "labels", "task_ids"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "task_ids", "loss_tokens", "loss_examples"}
+    # Without accumulation or other ranks, the optimizer step's loss normaliser is this batch's own count.
+    assert (
+        batch["loss_tokens"] == (batch["labels"][:, 1:] != IGNORE_INDEX).sum() and batch["loss_examples"] == 4
+    )
     assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].dtype == torch.long
     assert batch["input_ids"].shape[1] == batch["attention_mask"].sum(1).max().item() <= 256
     assert batch["task_ids"].shape == (4,) and set(batch["task_ids"].tolist()) <= {0, 1, 2, 3}
@@ -89,6 +93,37 @@ def test_state_dict_round_trips_and_resumes_the_training_order(tmp_path):
     assert len(seen) + len(rest) == len(expected)
     for got, want in zip(seen + rest, expected):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "expected"),
+    [
+        ({"sampling": "uniform"}, {"sampling": "temperature"}, "sampling 'uniform' -> 'temperature'"),
+        (
+            {"sampling": "temperature", "temperature": 2.0},
+            {"sampling": "temperature", "temperature": 5.0},
+            "temperature 2.0 -> 5.0",
+        ),
+        ({}, {"samples_per_epoch": 64}, "samples_per_epoch None -> 64, batches_per_epoch 42 -> 16"),
+        (
+            {"sampling": "proportional", "temperature": 2.0},
+            {"temperature": 5.0},
+            None,
+        ),  # not read: no warning
+        ({"sampling": "uniform"}, {"sampling": "uniform"}, None),
+    ],
+)
+def test_resuming_with_another_task_mixture_or_epoch_size_warns(tmp_path, caplog, saved, now, expected):
+    state = make_datamodule(tmp_path, **saved).state_dict()
+    resumed = make_datamodule(tmp_path, **now)
+    with caplog.at_level("WARNING", logger="hycam_pl.data.datamodule"):
+        resumed.load_state_dict(state)
+    warned = [r.getMessage() for r in caplog.records if "resuming with a different" in r.getMessage()]
+    if expected is None:
+        assert not warned
+    else:
+        assert len(warned) == 1 and expected in warned[0], warned
+        assert "differ from those of the interrupted run" in warned[0]
 
 
 def test_second_setup_uses_the_tokenisation_cache(tmp_path, monkeypatch):

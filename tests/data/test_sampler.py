@@ -154,3 +154,23 @@ def test_lightning_distributed_injection_keeps_our_sampler_with_rank_info():
     assert isinstance(new_sampler, MultiTaskBatchSampler) and new_sampler is not loader.batch_sampler
     assert (new_sampler.num_replicas, new_sampler.rank, new_sampler.position) == (2, 1, (2, 3))
     assert len(updated) == sum(SIZES) // 8
+
+
+def test_batches_carry_their_optimizer_steps_loss_totals_over_micro_batches_and_ranks():
+    """Windows of ``accumulate`` batches (the last one cut at ``epoch_batches``), summed over every rank."""
+    from hycam_pl.data.sampler import MultiTaskBatchSampler, SampledBatch
+
+    sizes, tokens = [10, 14], list(range(1, 25))
+    tokens[3] = 0  # an example without loss tokens counts towards the tokens but not the examples
+    ranks = [
+        MultiTaskBatchSampler(
+            sizes, 2, seed=5, num_replicas=2, rank=r, example_tokens=tokens, accumulate=2, epoch_batches=5
+        )
+        for r in range(2)
+    ]
+    batches = [list(sampler) for sampler in ranks]
+    assert len(batches[0]) == 6 and all(isinstance(b, SampledBatch) for b in batches[0])
+    for window in ([0, 1], [2, 3], [4], [5]):
+        examples = [i for b in window for r in range(2) for i in batches[r][b]]
+        expected = (sum(tokens[i] for i in examples), sum(tokens[i] > 0 for i in examples))
+        assert all(batches[r][b].window == expected for b in window for r in range(2)), window

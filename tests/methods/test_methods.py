@@ -142,3 +142,19 @@ def test_options_are_validated_before_any_model() -> None:
         build_method("hycam", method_options={"r": 8})
     with pytest.raises(ValueError, match=r"target_modules \['qkv'\] not found in decoder layer 0"):
         build_method("molora", method_options={"target_modules": ["qkv"]}).apply(tiny_model("llama"))
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3", "molora"])
+def test_multiplicative_scales_never_decay(method: str) -> None:
+    built, model = apply(method, tiny_model("llama"))
+    groups = {g["name"]: g for g in built.parameter_groups(model, 1e-3, 0.1, {})}
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for p in groups.get("no_decay", {"params": []})["params"]}
+    decay = {names[id(p)] for p in groups["decay"]["params"]} if "decay" in groups else set()
+    if method == "dora":
+        assert no_decay and all("lora_magnitude_vector" in n for n in no_decay)
+        assert any("lora_A" in n for n in decay)
+    elif method == "ia3":
+        assert no_decay and all("ia3_l" in n for n in no_decay) and not decay
+    else:
+        assert not no_decay and any(".mixture_router." in n for n in decay)

@@ -38,13 +38,52 @@ def test_parameter_groups_split_learning_rates_and_never_decay_biases():
     assert all(
         ".shared." in names[id(p)] for p in groups["shared"]["params"] + groups["shared_no_decay"]["params"]
     )
-    assert all(
-        p.ndim == 1 for p in groups["shared_no_decay"]["params"] + groups["experts_no_decay"]["params"]
+    no_decay = {
+        names[id(p)] for p in groups["shared_no_decay"]["params"] + groups["experts_no_decay"]["params"]
+    }
+    decay = {names[id(p)] for p in groups["shared"]["params"] + groups["experts"]["params"]}
+    # By role, not shape: the stacked expert biases are (K, r) and (K, d), and still never decay.
+    assert {n for n in names.values() if "bias" in n.rsplit(".", 1)[-1]} == no_decay
+    assert any(n.endswith("experts.bias_A") for n in no_decay) and any(
+        n.endswith("experts.bias_B") for n in no_decay
     )
+    assert all("bias" not in n.rsplit(".", 1)[-1] for n in decay)
     expert_names = [names[id(p)] for p in groups["experts"]["params"] + groups["experts_no_decay"]["params"]]
     assert any(".router." in n for n in expert_names) and any(".experts." in n for n in expert_names)
     covered = sum(len(g["params"]) for g in groups.values())
     assert covered == sum(1 for p in model.model.parameters() if p.requires_grad)
+
+
+def test_weight_decay_is_decided_by_role_for_every_method():
+    """Full fine-tuning: norm weights and biases never decay; matrices and embeddings do. A method can
+    override ``decays`` (the predicate every method's groups use)."""
+    from hycam_pl.methods import build_method
+    from hycam_pl.methods.base import AdaptationMethod
+
+    model = MultiTaskLM(BACKBONE, method="full", weight_decay=0.1)
+    groups = {g["name"]: g for g in model.method.parameter_groups(model.model, 1e-3, 0.1, {})}
+    names = {id(p): n for n, p in model.model.named_parameters()}
+    no_decay = {names[id(p)] for p in groups["no_decay"]["params"]}
+    assert no_decay and all("norm" in n for n in no_decay), no_decay
+    assert "model.norm.weight" in no_decay and "model.layers.0.input_layernorm.weight" in no_decay
+    decay = {names[id(p)] for p in groups["decay"]["params"]}
+    assert "model.embed_tokens.weight" in decay and "model.layers.0.self_attn.q_proj.weight" in decay
+
+    class NoDecayOnGates(AdaptationMethod):
+        def decays(self, name, param):
+            return super().decays(name, param) and "q_proj" not in name
+
+    assert build_method("full").decays("model.layers.0.self_attn.q_proj.weight", None)
+    assert not NoDecayOnGates().decays("model.layers.0.self_attn.q_proj.weight", None)
+    for name in (
+        "x.ln_f.weight",
+        "h.0.ln_1.weight",
+        "encoder.LayerNorm.weight",
+        "a.layer_norm.weight",
+        "lin.bias",
+    ):
+        assert not AdaptationMethod().decays(name, None), name
+    assert AdaptationMethod().decays("h.0.attn.c_attn.weight", None)
 
 
 def test_methods_are_pluggable_and_validated(monkeypatch):
