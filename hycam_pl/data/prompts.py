@@ -7,12 +7,15 @@ no-input variants; ``chat`` uses the tokenizer's own chat template; ``template``
 
 from __future__ import annotations
 
+import logging
 import re
 
 from transformers import PreTrainedTokenizerBase
 
 from hycam_pl.data.errors import DataError
 from hycam_pl.data.records import Record
+
+log = logging.getLogger(__name__)
 
 ALPACA_PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -26,6 +29,37 @@ ALPACA_PROMPT_NO_INPUT = (
 )
 
 _PLACEHOLDER = re.compile(r"\{(instruction|input)\}")
+_TRAILING_SPACE = re.compile(r"[ \t]+$")
+
+
+def split_trailing_space(prompt: str) -> tuple[str, str]:
+    """``(prompt without its trailing spaces/tabs, those spaces)``.
+
+    Why: BPE tokenizers attach a space to the word after it (``" 42"`` is one token). A prompt ending in
+    ``"A: "`` tokenised on its own ends in a lone-space token that pre-training never put before a word, so
+    the space is moved to the start of the response: training sees ``"A:"`` + ``" 42"`` and generation starts
+    from ``"A:"``, as the joint text would be tokenised. Trailing newlines stay (no tokenizer glues a newline
+    to the next word), so the Alpaca prompt, which ends in ``"\n"``, is unchanged.
+    """
+    match = _TRAILING_SPACE.search(prompt)
+    if match is None:
+        return prompt, ""
+    return prompt[: match.start()], match.group()
+
+
+def check_template_whitespace(template: str | None, task_name: str) -> bool:
+    """Warn when a ``template`` ends in spaces (moved to the response, see :func:`split_trailing_space`);
+    returns whether it does."""
+    if template is None or not _TRAILING_SPACE.search(template):
+        return False
+    log.warning(
+        "task '%s': template %r ends in whitespace; the trailing space is moved to the start of the response "
+        "(with BPE tokenizers a lone trailing space is a token pre-training never saw before a word), so the "
+        "model generates it. End the template without it (e.g. 'A:' instead of 'A: ') to silence this.",
+        task_name,
+        template,
+    )
+    return True
 
 
 def fill_template(template: str, instruction: str, input: str = "") -> str:

@@ -30,11 +30,11 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from hycam_pl.data.errors import DataError
-from hycam_pl.data.prompts import build_prompt
+from hycam_pl.data.prompts import build_prompt, check_template_whitespace, split_trailing_space
 from hycam_pl.data.records import Record
 
 IGNORE_INDEX = -100
-TOKENIZATION_VERSION = 1  # bump when the output of _tokenize_batch changes for the same inputs
+TOKENIZATION_VERSION = 2  # bump when the output of _tokenize_batch changes for the same inputs
 LOSS_ON = ("response", "all")
 
 LossOn = Literal["response", "all"]
@@ -107,6 +107,27 @@ def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return []
 
 
+def with_prefix(prefix: list[int], prompt_ids: Sequence[int]) -> list[int]:
+    """``prefix + prompt_ids``, unless the prompt already starts with the prefix: a chat template that renders
+    ``{{ bos_token }}`` (Llama 3, Mistral, Gemma) puts the BOS in the text, and a second one would be added."""
+    prompt_ids = list(prompt_ids)
+    if prefix and prompt_ids[: len(prefix)] == prefix:
+        return prompt_ids
+    return prefix + prompt_ids
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt and response ids (no special tokens), the prompt's trailing spaces moved to the response
+    (:func:`~hycam_pl.data.prompts.split_trailing_space`), so they match what generation sees."""
+    cores, moved = zip(*(split_trailing_space(p) for p in prompts)) if prompts else ((), ())
+    prompt_ids = tokenizer(list(cores), add_special_tokens=False)["input_ids"] if prompts else []
+    texts = [space + response for space, response in zip(moved, responses)]
+    response_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return [list(ids) for ids in prompt_ids], [list(ids) for ids in response_ids]
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A hash that changes whenever the tokenizer would produce different ids or special tokens."""
     digest = hashlib.sha256()
@@ -171,8 +192,7 @@ def _tokenize_batch(
     prefix: list[int],
 ) -> dict[str, list[Any]]:
     """``Dataset.map`` function: prompt/reference texts in, ids/labels/flags out (dropped rows kept, flagged)."""
-    prompts = tokenizer(batch["prompt"], add_special_tokens=False)["input_ids"]
-    responses = tokenizer(batch["reference"], add_special_tokens=False)["input_ids"]
+    prompts, responses = encode_pairs(tokenizer, batch["prompt"], batch["reference"])
     out: dict[str, list[Any]] = {
         "input_ids": [],
         "labels": [],
@@ -182,7 +202,7 @@ def _tokenize_batch(
     }
     for prompt_ids, response_ids in zip(prompts, responses):
         fitted = fit_example(
-            prefix + list(prompt_ids), list(response_ids) + [tokenizer.eos_token_id], len(prefix), settings
+            with_prefix(prefix, prompt_ids), response_ids + [tokenizer.eos_token_id], len(prefix), settings
         )
         if fitted is None:
             out["input_ids"].append([])
@@ -270,6 +290,8 @@ def tokenize_task(
 ) -> dict[str, TokenizedSplit]:
     """Tokenise every split of one task; raises :class:`DataError` when no example of it fits at all."""
     key = tokenizer_key or tokenizer_fingerprint(tokenizer)
+    if prompt_format == "template":
+        check_template_whitespace(template, task_name)
     result = {
         split: tokenize_split(
             records,
@@ -307,13 +329,16 @@ def tokenize_task(
 def tokenize_prompts(
     prompts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> tuple[list[list[int]], int]:
-    """Prompt ids for generation, left-truncated to ``max_length`` (leading BOS kept); also the count cut."""
+    """Prompt ids for generation, left-truncated to ``max_length`` (leading BOS kept); also the count cut.
+
+    The same ids as the prompt part of a training example: one BOS, trailing spaces left to the model.
+    """
     prefix = special_prefix(tokenizer)
     settings = TokenizeSettings(max_length=max_length + 1, max_prompt_length=max_length)
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    encoded, _ = encode_pairs(tokenizer, prompts, [""] * len(prompts))
     result, truncated = [], 0
     for ids in encoded:
-        fitted = fit_example(prefix + list(ids), [], len(prefix), settings)
+        fitted = fit_example(with_prefix(prefix, ids), [], len(prefix), settings)
         assert fitted is not None  # max_length + 1 always leaves room
         result.append(fitted[0])
         truncated += fitted[2]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from hycam_pl.modulation.config import warn_once
 
 # A normalisation layer's name as transformers and torch spell them: ``input_layernorm``, ``norm``,
 # ``LayerNorm``, ``layer_norm``, ``ln_f``/``ln_1`` (GPT-2), ``q_norm``.
@@ -103,6 +104,6 @@ def warn_unused_hycam(name: str, hycam: Any) -> None:
     """``model.hycam`` set for a method that does not use it: said once, then ignored, so one config can switch
     methods with ``--model.method`` alone."""
     if hycam is not None:
-        warnings.warn(
-            f"model.hycam is set but model.method={name!r} does not use it; it is ignored", stacklevel=3
+        warn_once(
+            f"model.hycam is set but model.method={name!r} does not use it; it is ignored", stacklevel=4
         )

@@ -23,7 +23,7 @@ import peft
 import torch
 from torch import nn
 
-from hycam_pl.methods.base import AdaptationMethod, register_method, warn_unused_hycam
+from hycam_pl.methods.base import AdaptationMethod, is_bias_or_norm, register_method, warn_unused_hycam
 from hycam_pl.modulation import HyCAMConfig
 from hycam_pl.modulation.mixture import ATTENTION_PROJECTIONS
 from hycam_pl.modulation.persistence import AdapterError, base_identity, identity_mismatches
@@ -122,6 +122,11 @@ class PeftMethod(AdaptationMethod):
                 f"{self.matched['hycam']:,} (ratio {self.matched['lora'] / self.matched['hycam']:.4f})"
             )
         return wrapped
+
+    def decays(self, name: str, param: nn.Parameter) -> bool:
+        """DoRA magnitudes and (IA)^3 scales are multiplicative (initialised from the weight norms / to 1):
+        weight decay would pull them towards 0, so they never decay; LoRA's A and B do (biases never)."""
+        return not ("lora_magnitude_vector" in name or "ia3_l" in name or is_bias_or_norm(name))
 
     # ------------------------------------------------------------------------------ parameter matching
     def targets(self) -> list[str]:

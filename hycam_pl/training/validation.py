@@ -176,9 +176,9 @@ def load_initial_adapter(model: nn.Module, directory: str | os.PathLike) -> None
     Why not call :func:`hycam_pl.load_adapter` directly: its errors speak to library users ("call detach
     first"); this names the ``model.adapter`` option and says what to change in the config.
     """
-    if not is_attached(model):
+    config = find_state(model).config if is_attached(model) else None
+    if not isinstance(config, HyCAMConfig):  # the other methods' adapters load with ``method.load``
         raise ValueError(f"model.adapter={str(directory)!r} needs model.method 'hycam' or 'cam'")
-    config = find_state(model).config
     check_adapter_option(directory, config, None)
     try:
         load_adapter(model, directory)

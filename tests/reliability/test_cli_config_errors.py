@@ -34,7 +34,7 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
             "--model.hycam.tau",
             "0",
         ],  # ignored without experts, still checked
-        (r"HyCAMConfig\.tau=0 is invalid",),
+        (r"HyCAMConfig\.tau=0(\.0)? is invalid",),
     ),
     "rank_above_hidden_size": (["--model.hycam.rank", "1000"], (r"rank=1000", r"hidden_size=64")),
     "layer_out_of_range": (["--model.hycam.layers", "[0, 5]"], (r"layers", r"\[5\]", r"out of range")),

@@ -12,6 +12,4 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path):
     assert checkpoint["global_step"] == 4
     assert checkpoint["MultiTaskDataModule"]["world_size"] == 2
     assert all(".hycam." in key for key in checkpoint["state_dict"])
-    assert (
-        tmp_path / "runs" / "tiny" / "version_0" / "adapter" / "adapter_model.safetensors"
-    ).is_file()
+    assert (tmp_path / "runs" / "tiny" / "version_0" / "adapter" / "adapter_model.safetensors").is_file()
