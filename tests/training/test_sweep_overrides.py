@@ -22,7 +22,13 @@ SWEEP = {
 EXPECTED_EXPERTS = {**{f"num_experts={k}": k for k in (0, 1, 2, 4, 8)}, "method=cam": 0}
 
 
-@pytest.mark.parametrize("files", shipped_configs(), ids=lambda files: "+".join(p.stem for p in files))
+# Ablations that fix the very structure an expert-count sweep varies are not swept over (cam_only pins K = 0 and
+# no_shared_cam with K = 0 would leave nothing to train, which is refused with an error).
+STRUCTURAL_ABLATIONS = {"cam_only", "no_shared_cam"}
+SWEEPABLE = [files for files in shipped_configs() if files[-1].stem not in STRUCTURAL_ABLATIONS]
+
+
+@pytest.mark.parametrize("files", SWEEPABLE, ids=lambda files: "+".join(p.stem for p in files))
 def test_every_shipped_config_accepts_each_sweep_override(files, monkeypatch):
     for name, override in SWEEP.items():
         config = print_config(*files, overrides=override)
