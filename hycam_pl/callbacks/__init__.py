@@ -1,7 +1,9 @@
-"""Lightning callbacks: routing telemetry and views in TensorBoard, the run's HParams, the model summary."""
+"""Lightning callbacks: routing telemetry and views in TensorBoard, the run's HParams, the per-component model
+summary, progress output."""
 
 from hycam_pl.callbacks.hparams import HParamsSummary
+from hycam_pl.callbacks.progress import ProgressBar, ProgressLog
 from hycam_pl.callbacks.routing import RoutingTelemetry
 from hycam_pl.callbacks.summary import ComponentSummary
 
-__all__ = ["ComponentSummary", "HParamsSummary", "RoutingTelemetry"]
+__all__ = ["ComponentSummary", "HParamsSummary", "ProgressBar", "ProgressLog", "RoutingTelemetry"]

@@ -73,3 +73,25 @@ def test_quickstart_interpolation_and_overrides():
     assert config["model"]["hycam"]["num_experts"] == 8
     assert config["model"]["backbone"]["max_position_embeddings"] == 128  # ${data.max_length}
     assert config["model"]["backbone"]["model_type"] == "llama"
+
+
+def test_quickstart_is_smollm2_and_passes_every_check_before_training():
+    """The config `bash scripts/quickstart.sh` runs: parsed by the CLI, model options validated against the real
+    backbone's config, its data tokenised with the real tokenizer (nothing trained)."""
+    from hycam_pl.data import MultiTaskDataModule
+    from hycam_pl.training.validation import validate_model_options
+
+    config = print_config(CONFIGS / "quickstart.yaml")
+    model, data = config["model"], config["data"]
+    assert model["backbone"] == data["tokenizer"] == "smollm2-135m-instruct"
+    assert config["trainer"]["accelerator"] == "cpu" and config["trainer"]["max_steps"] <= 100
+    assert any(c["class_path"] == "hycam_pl.callbacks.ProgressLog" for c in config["trainer"]["callbacks"])
+    validate_model_options(model)  # method, HyCAM options and their fit to SmolLM2's config
+    datamodule = MultiTaskDataModule(**{**data, "cache_dir": None})
+    datamodule.setup("fit")
+    assert len(datamodule.tokenizer) == 49152
+    assert datamodule.tokenizer.chat_template and all(t["prompt_format"] == "chat" for t in data["tasks"])
+    report = str(datamodule._report)
+    rows = [line.split() for line in report.splitlines()[1:]]  # a header line, then one row per task
+    assert [row[0] for row in rows] == ["arithmetic", "code", "qa", "list_ops"]
+    assert all(row[-2:] == ["0", "0"] for row in rows), report  # nothing truncated or dropped at max_length
