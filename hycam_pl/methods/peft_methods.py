@@ -26,7 +26,7 @@ from torch import nn
 from hycam_pl.methods.base import AdaptationMethod, is_bias_or_norm, register_method, warn_unused_hycam
 from hycam_pl.modulation import HyCAMConfig
 from hycam_pl.modulation.mixture import ATTENTION_PROJECTIONS
-from hycam_pl.modulation.persistence import AdapterError, base_identity, identity_mismatches
+from hycam_pl.modulation.persistence import AdapterError, base_identity, check_base_matches
 from hycam_pl.modulation.persistence import _expected_shapes as hycam_expected_shapes
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class PeftMethod(AdaptationMethod):
             raise AdapterError(
                 f"adapter {directory} was saved by method {meta.get('method')!r}, not {self.name!r}"
             )
-        check_identity(model, meta, directory)
+        check_base_matches(model, meta, directory)
         return peft.PeftModel.from_pretrained(model, str(directory))
 
     def summary(self, model: nn.Module) -> dict[str, dict[str, int]]:
@@ -186,16 +186,6 @@ def read_method_file(directory: str | os.PathLike) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterError(f"{path} is corrupt: {error}") from None
-
-
-def check_identity(model: nn.Module, meta: dict[str, Any], directory: str | os.PathLike) -> None:
-    saved = meta.get("base_model", {})
-    mismatched = identity_mismatches(saved, base_identity(model))
-    if mismatched:
-        raise AdapterError(
-            f"adapter {directory} was trained on a different base model "
-            f"({saved.get('name_or_path') or 'unnamed'}): " + "; ".join(mismatched)
-        )
 
 
 def _swap_directory(staging: Path, target: Path) -> None:

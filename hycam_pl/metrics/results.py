@@ -49,10 +49,10 @@ def write_results(
         task: {metric: _json_number(value) for metric, value in values.items()}
         for task, values in results.items()
     }
-    json_path = _write_atomically(
+    json_path = write_text_atomically(
         run_dir / RESULTS_JSON, json.dumps(serialisable, indent=2, allow_nan=False) + "\n"
     )
-    md_path = _write_atomically(run_dir / RESULTS_MD, format_results_table(results) + "\n")
+    md_path = write_text_atomically(run_dir / RESULTS_MD, format_results_table(results) + "\n")
     return json_path, md_path
 
 
@@ -120,7 +120,8 @@ def _json_number(value: float | int | None) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
-def _write_atomically(path: Path, text: str) -> Path:
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write to a temporary file beside ``path`` and rename it into place: readers see all or nothing."""
     handle = tempfile.NamedTemporaryFile(
         "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
     )

@@ -88,9 +88,9 @@ class HyCAMConfig:
             self._check_routing(list(ROUTING_DEFAULTS))
         _require(isinstance(self.bias, bool), "bias", self.bias, "true or false")
         _require(isinstance(self.shared, bool), "shared", self.shared, "true or false")
-        _require(self.apply_to in APPLY_TO, "apply_to", self.apply_to, _one_of(APPLY_TO))
+        _require(self.apply_to in APPLY_TO, "apply_to", self.apply_to, one_of(APPLY_TO))
         _require(isinstance(self.train_norms, bool), "train_norms", self.train_norms, "true or false")
-        _require(self.dtype in DTYPES, "dtype", self.dtype, _one_of(DTYPES))
+        _require(self.dtype in DTYPES, "dtype", self.dtype, one_of(DTYPES))
         if self.layers is not None:
             layers = list(self.layers)
             _require(
@@ -110,15 +110,15 @@ class HyCAMConfig:
                 isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
                 "an integer >= 1",
             ),
-            "alpha": (_is_number(self.alpha) and self.alpha > 0, "a number > 0"),
-            "tau": (_is_number(self.tau) and self.tau > 0, "a number > 0"),
+            "alpha": (is_number(self.alpha) and self.alpha > 0, "a number > 0"),
+            "tau": (is_number(self.tau) and self.tau > 0, "a number > 0"),
             "hard": (isinstance(self.hard, bool), "true or false"),
-            "eval_routing": (self.eval_routing in EVAL_ROUTING, _one_of(EVAL_ROUTING)),
-            "balance_coef": (_is_number(self.balance_coef) and self.balance_coef >= 0, "a number >= 0"),
+            "eval_routing": (self.eval_routing in EVAL_ROUTING, one_of(EVAL_ROUTING)),
+            "balance_coef": (is_number(self.balance_coef) and self.balance_coef >= 0, "a number >= 0"),
             "balance_scale_by_experts": (isinstance(self.balance_scale_by_experts, bool), "true or false"),
             "balance_scope": (
                 self.balance_scope in BALANCE_SCOPES,
-                _one_of(BALANCE_SCOPES) + " (layer: each layer balanced on its own; pooled: the reference's "
+                one_of(BALANCE_SCOPES) + " (layer: each layer balanced on its own; pooled: the reference's "
                 "one loss over all layers' tokens)",
             ),
         }
@@ -157,14 +157,23 @@ def warn_once(message: str, stacklevel: int = 3) -> None:
         warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
 
-def _is_number(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _one_of(choices: tuple[str, ...]) -> str:
+def one_of(choices: tuple[str, ...]) -> str:
     return "one of " + ", ".join(repr(c) for c in choices)
 
 
-def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+def require_option(owner: str, ok: bool, name: str, value: Any, allowed: str) -> None:
+    """The one error format of every config class: ``<Owner>.<name>=<value> is invalid; allowed: ...``."""
     if not ok:
-        raise ValueError(f"HyCAMConfig.{name}={value!r} is invalid; allowed: {allowed}")
+        raise ValueError(f"{owner}.{name}={value!r} is invalid; allowed: {allowed}")
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    require_option("HyCAMConfig", ok, name, value, allowed)

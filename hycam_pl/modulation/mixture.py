@@ -30,13 +30,14 @@ from torch import nn
 
 from hycam_pl.modulation.architectures import check_layer, find_decoder, model_type_of, resolve_architecture
 from hycam_pl.modulation.balance import BALANCE_SCOPES, DEFAULT_BALANCE_SCOPE, differentiable_balance_loss
+from hycam_pl.modulation.config import is_int, is_number, one_of, require_option
 from hycam_pl.modulation.layer import flat_token_mask, record_routing
 from hycam_pl.modulation.model import (
     STATE_ATTR,
     ModulationState,
-    _InputsRequireGrad,
     find_state,
     hidden_size_of,
+    install_forward_record,
     is_attached,
     resolve_layer_indices,
 )
@@ -45,7 +46,7 @@ from hycam_pl.modulation.persistence import (
     WEIGHTS_FILE,
     AdapterError,
     base_identity,
-    identity_mismatches,
+    check_base_matches,
     read_adapter_weights,
     tensor_problems,
     write_adapter_files,
@@ -90,11 +91,11 @@ class MixtureConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        _require(self.kind in KINDS, "kind", self.kind, _one_of(KINDS))
-        _require(_is_int(self.num_experts) and self.num_experts >= 1, "num_experts", self.num_experts, ">= 1")
-        _require(_is_int(self.r) and self.r >= 1, "r", self.r, "an integer >= 1")
-        _require(_is_number(self.alpha) and self.alpha > 0, "alpha", self.alpha, "a number > 0")
-        _require(_is_number(self.dropout) and 0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
+        _require(self.kind in KINDS, "kind", self.kind, one_of(KINDS))
+        _require(is_int(self.num_experts) and self.num_experts >= 1, "num_experts", self.num_experts, ">= 1")
+        _require(is_int(self.r) and self.r >= 1, "r", self.r, "an integer >= 1")
+        _require(is_number(self.alpha) and self.alpha > 0, "alpha", self.alpha, "a number > 0")
+        _require(is_number(self.dropout) and 0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
         targets = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
         _require(
             isinstance(targets, (list, tuple))
@@ -105,18 +106,18 @@ class MixtureConfig:
             "a non-empty list of projection names (e.g. q_proj, v_proj, down_proj)",
         )
         self.target_modules = list(targets)
-        _require(self.routing in ROUTINGS, "routing", self.routing, _one_of(ROUTINGS))
+        _require(self.routing in ROUTINGS, "routing", self.routing, one_of(ROUTINGS))
         _require(
-            _is_int(self.top_k) and 1 <= self.top_k <= self.num_experts,
+            is_int(self.top_k) and 1 <= self.top_k <= self.num_experts,
             "top_k",
             self.top_k,
             f"an integer in [1, num_experts={self.num_experts}]",
         )
-        _require(_is_number(self.tau) and self.tau > 0, "tau", self.tau, "a number > 0")
-        _require(self.eval_routing in EVAL_ROUTING, "eval_routing", self.eval_routing, _one_of(EVAL_ROUTING))
+        _require(is_number(self.tau) and self.tau > 0, "tau", self.tau, "a number > 0")
+        _require(self.eval_routing in EVAL_ROUTING, "eval_routing", self.eval_routing, one_of(EVAL_ROUTING))
         _require(isinstance(self.router_bias, bool), "router_bias", self.router_bias, "true or false")
         _require(
-            _is_number(self.balance_coef) and self.balance_coef >= 0,
+            is_number(self.balance_coef) and self.balance_coef >= 0,
             "balance_coef",
             self.balance_coef,
             "a number >= 0",
@@ -128,14 +129,14 @@ class MixtureConfig:
             "true or false",
         )
         _require(
-            self.balance_scope in BALANCE_SCOPES, "balance_scope", self.balance_scope, _one_of(BALANCE_SCOPES)
+            self.balance_scope in BALANCE_SCOPES, "balance_scope", self.balance_scope, one_of(BALANCE_SCOPES)
         )
-        _require(self.dtype in DTYPES, "dtype", self.dtype, _one_of(DTYPES))
+        _require(self.dtype in DTYPES, "dtype", self.dtype, one_of(DTYPES))
         if self.layers is not None:
             layers = list(self.layers)
             _require(
                 len(layers) > 0
-                and all(_is_int(i) and i >= 0 for i in layers)
+                and all(is_int(i) and i >= 0 for i in layers)
                 and len(set(layers)) == len(layers),
                 "layers",
                 self.layers,
@@ -315,12 +316,7 @@ def attach_mixture(model: nn.Module, config: MixtureConfig) -> nn.Module:
             mixture.__dict__["_router"] = router  # a plain reference: not a submodule, not saved twice
             linear.add_module(EXPERTS_NAME, mixture.train(attention.training))
             state.handles.append(linear.register_forward_hook(mixture._add_delta))
-    state.handles.append(decoder.register_forward_pre_hook(state._start_forward, with_kwargs=True))
-    state.handles.append(decoder.register_forward_hook(state._finish_forward, with_kwargs=True))
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embeddings is not None:
-        state.handles.append(embeddings.register_forward_hook(_InputsRequireGrad(layers[indices[0]])))
-    setattr(decoder, STATE_ATTR, state)
+    install_forward_record(model, decoder, layers[indices[0]], state)
     return model
 
 
@@ -402,13 +398,7 @@ def load_mixture(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         config = MixtureConfig.from_dict(dict(meta["mixture_config"]))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
         raise AdapterError(f"{path} is not a LoRA-mixture adapter config: {error}") from None
-    saved = meta.get("base_model", {})
-    mismatched = identity_mismatches(saved, base_identity(model))
-    if mismatched:
-        raise AdapterError(
-            f"adapter {directory} was trained on a different base model "
-            f"({saved.get('name_or_path') or 'unnamed'}): " + "; ".join(mismatched)
-        )
+    check_base_matches(model, meta, directory)
     tensors = read_adapter_weights(directory, meta)
     attach_mixture(model, config)
     try:
@@ -430,18 +420,5 @@ def load_mixture(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     return model
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _one_of(choices: tuple[str, ...]) -> str:
-    return "one of " + ", ".join(repr(c) for c in choices)
-
-
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"MixtureConfig.{name}={value!r} is invalid; allowed: {allowed}")
+    require_option("MixtureConfig", ok, name, value, allowed)

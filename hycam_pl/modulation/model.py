@@ -192,13 +192,22 @@ def attach(model: nn.Module, config: HyCAMConfig | None = None) -> nn.Module:
                 for param_name, param in norm.named_parameters() if norm is not None else ():
                     state.norm_originals[f"layers.{i}.{norm_name}.{param_name}"] = param.detach().clone()
                     param.requires_grad_(True)
+    install_forward_record(model, decoder, layers[indices[0]], state)
+    return model
+
+
+def install_forward_record(
+    model: nn.Module, decoder: nn.Module, first_layer: nn.Module, state: ModulationState
+) -> None:
+    """The hooks every routed adapter shares: one routing record per decoder forward (opened and closed around
+    it), inputs that require grad from the first adapted layer on (re-entrant checkpointing), the state on the
+    decoder."""
     state.handles.append(decoder.register_forward_pre_hook(state._start_forward, with_kwargs=True))
     state.handles.append(decoder.register_forward_hook(state._finish_forward, with_kwargs=True))
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None:
-        state.handles.append(embeddings.register_forward_hook(_InputsRequireGrad(layers[indices[0]])))
+        state.handles.append(embeddings.register_forward_hook(_InputsRequireGrad(first_layer)))
     setattr(decoder, STATE_ATTR, state)
-    return model
 
 
 def detach(model: nn.Module) -> nn.Module:

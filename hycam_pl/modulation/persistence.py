@@ -236,7 +236,8 @@ def identity_mismatches(saved: dict[str, Any], actual: dict[str, Any], label: st
 
 
 def check_base_matches(model: nn.Module, meta: dict[str, Any], directory: str | os.PathLike) -> None:
-    saved = meta["base_model"]
+    """Refuse an adapter whose saved base-model identity (``meta["base_model"]``) differs from ``model``'s."""
+    saved = meta.get("base_model", {})
     mismatched = identity_mismatches(saved, base_identity(model))
     if mismatched:
         raise AdapterError(

@@ -14,6 +14,14 @@ def gumbel_noise(logits: torch.Tensor) -> torch.Tensor:
     return -torch.empty_like(logits).exponential_().log()
 
 
+def float32_logits(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Router logits in float32 even under autocast: the router is tiny, and bf16 logits make argmax ties and
+    coarse softmax probabilities."""
+    with torch.autocast(x.device.type, enabled=False):
+        bias = None if linear.bias is None else linear.bias.float()
+        return F.linear(x.float(), linear.weight.float(), bias)
+
+
 class Routing(NamedTuple):
     gates: torch.Tensor  # (tokens, K) weights used to mix the experts (one-hot values under hard routing)
     probs: torch.Tensor  # (tokens, K) noise-free softmax(logits): the balance loss and entropy use these
@@ -43,14 +51,7 @@ class GumbelRouter(nn.Module):
         self.eval_routing = eval_routing
 
     def forward(self, x: torch.Tensor) -> Routing:
-        # Routing runs in float32 even under autocast: the router is tiny, and bf16 logits make argmax ties
-        # and coarse softmax probabilities.
-        with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(
-                x.float(),
-                self.linear.weight.float(),
-                None if self.linear.bias is None else self.linear.bias.float(),
-            )
+        logits = float32_logits(self.linear, x)
         probs = logits.softmax(dim=-1)
         if self.training:
             soft = ((logits + gumbel_noise(logits)) / self.tau).softmax(dim=-1)
@@ -81,12 +82,7 @@ class TopKSoftmaxRouter(nn.Module):
         self.top_k = top_k
 
     def forward(self, x: torch.Tensor) -> Routing:
-        with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(
-                x.float(),
-                self.linear.weight.float(),
-                None if self.linear.bias is None else self.linear.bias.float(),
-            )
+        logits = float32_logits(self.linear, x)
         probs = logits.softmax(dim=-1)
         top, index = logits.topk(self.top_k, dim=-1)
         gates = torch.zeros_like(logits).scatter(-1, index, top.softmax(dim=-1))

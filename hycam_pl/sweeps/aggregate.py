@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hycam_pl.metrics.results import _write_atomically, format_value
+from hycam_pl.metrics.results import format_value, write_text_atomically
 from hycam_pl.sweeps.spec import SweepSpec, Trial
 from hycam_pl.sweeps.trial import FAILED, RESULT, read_json
 
@@ -143,7 +143,7 @@ def write_csv(spec: SweepSpec, records: list[TrialRecord], path: Path) -> Path:
                 record.error or "",
             ]
         )
-    return _write_atomically(path, buffer.getvalue())
+    return write_text_atomically(path, buffer.getvalue())
 
 
 def _csv_number(value: Any) -> Any:
@@ -350,6 +350,6 @@ def aggregate(spec: SweepSpec, records: list[TrialRecord], directory: Path) -> d
     stats = group_stats(records, spec.metrics)
     csv_path = write_csv(spec, records, directory / RESULTS_CSV)
     plots = write_plots(spec, stats, directory) if any(r.status == "done" for r in records) else []
-    md_path = _write_atomically(directory / RESULTS_MD, format_markdown(spec, records, stats, plots))
+    md_path = write_text_atomically(directory / RESULTS_MD, format_markdown(spec, records, stats, plots))
     hparams_dir = write_hparams(spec, records, directory)
     return {"csv": csv_path, "md": md_path, "plots": plots, "hparams": hparams_dir, "stats": stats}

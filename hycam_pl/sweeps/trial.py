@@ -16,10 +16,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from hycam_pl.metrics.results import write_text_atomically
 
 RESULT = "result.json"
 FAILED = "failed.json"
@@ -28,20 +29,8 @@ TAIL_LINES = 20
 
 
 def write_json_atomically(path: Path, payload: Any) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place: readers see all or nothing."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            json.dump(payload, handle, indent=2, allow_nan=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    """Readers see all or nothing (see :func:`write_text_atomically`)."""
+    write_text_atomically(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
