@@ -57,6 +57,10 @@ def main(args: list[str] | None = None) -> None:
         from hycam_pl.sweeps.cli import main as sweep
 
         return sweep(argv[1:])
+    if argv[:1] == ["export"]:  # a checkpoint's adapter folder (hycam_pl.training.export)
+        from hycam_pl.training.export import main as export
+
+        return export(argv[1:])
     with report_user_errors():
         _main(args)
 

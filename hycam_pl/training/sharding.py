@@ -78,10 +78,23 @@ class FSDPStrategy(_LightningFSDPStrategy):
     unit, and so is each trainable module inside it, so that frozen and trainable parameters never share a
     flat parameter; ``use_orig_params`` keeps the parameter groups (and ``requires_grad``) per parameter."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("use_orig_params", True)
-        kwargs.setdefault("state_dict_type", "full")
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        sharding_strategy: str = "FULL_SHARD",
+        use_orig_params: bool = True,
+        state_dict_type: str = "full",
+        limit_all_gathers: bool = True,
+        cpu_offload: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            sharding_strategy=sharding_strategy,
+            state_dict_type=state_dict_type,
+            cpu_offload=cpu_offload,
+            use_orig_params=use_orig_params,
+            limit_all_gathers=limit_all_gathers,
+            **kwargs,
+        )
 
     def setup(self, trainer: L.Trainer) -> None:
         if "auto_wrap_policy" not in self.kwargs:

@@ -81,7 +81,7 @@ def main_fit(out: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- memory
 MEMORY_BACKBONE = tiny_byte_llama(
-    hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8
+    hidden_size=384, intermediate_size=1152, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=6
 )
 
 

@@ -16,6 +16,7 @@ CONFIGS = REPO / "configs"
 PAPER_BASE = CONFIGS / "paper" / "hycam.yaml"
 MODEL_FRAGMENTS = sorted((CONFIGS / "paper" / "models").glob("*.yaml"))
 ABLATIONS = sorted((CONFIGS / "ablations").glob("*.yaml"))  # overlays, checked on top of tiny.yaml
+TRAINER_OVERLAYS = sorted((CONFIGS / "trainer").glob("*.yaml"))  # strategies, also over tiny.yaml
 
 
 def print_config(*config_files: Path, overrides: tuple[str, ...] = ()) -> dict:
@@ -32,12 +33,15 @@ def print_config(*config_files: Path, overrides: tuple[str, ...] = ()) -> dict:
 def shipped_configs() -> list[tuple[Path, ...]]:
     """Standalone configs alone; model fragments with the paper base they extend; ablations over tiny.yaml."""
     standalone = [
-        (p,) for p in sorted(CONFIGS.rglob("*.yaml")) if p.parent.name not in ("models", "ablations")
+        (p,)
+        for p in sorted(CONFIGS.rglob("*.yaml"))
+        if p.parent.name not in ("models", "ablations", "trainer")
     ]
     return (
         standalone
         + [(PAPER_BASE, fragment) for fragment in MODEL_FRAGMENTS]
         + [(CONFIGS / "tiny.yaml", overlay) for overlay in ABLATIONS]
+        + [(CONFIGS / "tiny.yaml", overlay) for overlay in TRAINER_OVERLAYS]
     )
 
 
