@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from hycam_pl.training.sharding import deferred_build
 from hycam_pl.training.validation import report_user_errors
 
 USAGE = "hycam export CKPT OUT_DIR: write the adapter folder of a training checkpoint (file or folder)"
@@ -71,7 +72,8 @@ def module_from_checkpoint(checkpoint: dict[str, Any]):
     hparams = checkpoint.get("hyper_parameters")
     if not hparams:
         raise ValueError("the checkpoint has no hyper_parameters; was it saved by hycam fit?")
-    return MultiTaskLM(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    with deferred_build():
+        return MultiTaskLM(**{k: v for k, v in hparams.items() if not k.startswith("_")})
 
 
 def write_adapter(module: Any, trainable: dict[str, torch.Tensor], directory: str | os.PathLike) -> Path:

@@ -21,6 +21,7 @@ from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics
 from hycam_pl.training.losses import LOSS_REDUCTIONS, per_example_nll, task_loss_terms
 from hycam_pl.training.resume import apply_optimizer_options, shape_mismatches
 from hycam_pl.training.sharding import (
+    build_deferred,
     builds_before_configure,
     configure_model,
     meta_backbone,
@@ -159,6 +160,8 @@ class MultiTaskLM(L.LightningModule):
         self._train_rng_state: dict[str, Any] | None = None
         self._in_train_batch = False
         self._predictions: list[dict[str, Any]] = []
+        if not build_deferred():  # inside sharding.deferred_build() (sharded CLI runs): in configure_model
+            self.model  # noqa: B018
 
     # ------------------------------------------------------------------------------------------- setup
     @property

@@ -16,8 +16,10 @@ Checkpoints hold only the trainable weights (gathered to rank 0 on save) and the
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -35,6 +37,39 @@ log = logging.getLogger(__name__)
 FORWARD_METHODS = ("modulation_delta", "mix")
 CONTAINERS = (nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList)
 GPU_ONLY = {"deepspeed": "DeepSpeed", "fsdp": "Lightning's fsdp (FSDP1)"}
+
+
+_DEFERRED = contextvars.ContextVar("hycam_deferred_build", default=False)
+
+
+@contextmanager
+def deferred_build() -> Iterator[None]:
+    """``MultiTaskLM``s created inside leave their model unbuilt until ``configure_model`` (or first use), so
+    a sharded strategy builds it per rank; outside, the constructor builds it at once, as it always did."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def build_deferred() -> bool:
+    return _DEFERRED.get()
+
+
+def strategy_name(strategy: Any) -> str:
+    """The strategy's registered name or class path (``""`` for none) from a trainer option or object."""
+    if isinstance(strategy, str):
+        return strategy
+    if isinstance(strategy, Mapping):
+        return str(strategy.get("class_path", ""))
+    return type(strategy).__name__ if strategy is not None else ""
+
+
+def shards_weights(strategy: Any) -> bool:
+    """Whether a strategy option names one that shards the weights (FSDP1/2, DeepSpeed, ModelParallel)."""
+    name = strategy_name(strategy).lower()
+    return any(key in name for key in ("fsdp", "deepspeed", "modelparallel"))
 
 
 # ------------------------------------------------------------------------------------------ strategies
@@ -333,10 +368,7 @@ def check_strategy(trainer_options: Mapping[str, Any] | None) -> None:
     """GPU-only strategies on a machine without CUDA: one clear message instead of Lightning's traceback."""
     if not trainer_options:
         return
-    strategy = trainer_options.get("strategy")
-    name = strategy if isinstance(strategy, str) else None
-    if isinstance(strategy, Mapping):
-        name = str(strategy.get("class_path", ""))
+    name = strategy_name(trainer_options.get("strategy"))
     if not name:
         return
     lowered = name.lower().rsplit(".", 1)[-1]

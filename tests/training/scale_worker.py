@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from hycam_pl.training import MultiTaskLM
-from hycam_pl.training.sharding import FSDP2Strategy, trainable_state_dict
+from hycam_pl.training.sharding import FSDP2Strategy, deferred_build, trainable_state_dict
 from tests.tiny import tiny_byte_llama
 from tests.training.objective_worker import datamodule
 
@@ -28,9 +29,11 @@ GLOBAL_BATCH = 4
 STEPS = 4
 
 
-def model(method: str) -> MultiTaskLM:
+def model(method: str, deferred: bool = False) -> MultiTaskLM:
+    """``deferred``: the model is built in ``configure_model`` (per rank, sharded), as the CLI does under FSDP2."""
     L.seed_everything(0)
-    return MultiTaskLM(tiny_byte_llama(), method=method, learning_rate=1e-2, warmup_ratio=0.0)
+    with deferred_build() if deferred else nullcontext():
+        return MultiTaskLM(tiny_byte_llama(), method=method, learning_rate=1e-2, warmup_ratio=0.0)
 
 
 def trainer(root: Path, devices: int, strategy: str, **kwargs) -> L.Trainer:
@@ -57,7 +60,8 @@ def trainer(root: Path, devices: int, strategy: str, **kwargs) -> L.Trainer:
 
 
 def fit(out: Path, name: str, devices: int, strategy: str, method: str, ckpt: str | None = None) -> MultiTaskLM:
-    lm = model(method)
+    lm = model(method, deferred=strategy == "fsdp2")
+    assert lm.model_built is (strategy != "fsdp2")
     data = datamodule(GLOBAL_BATCH // devices, out / "cache")
     run = trainer(out / name, devices, strategy)
     run.fit(lm, datamodule=data, ckpt_path=ckpt)
@@ -108,7 +112,8 @@ def _memory_rank(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     mesh = init_device_mesh("cpu", (world,))
-    lm = MultiTaskLM(MEMORY_BACKBONE, method="hycam")
+    with deferred_build():
+        lm = MultiTaskLM(MEMORY_BACKBONE, method="hycam")
     dist.barrier()
     before = _reset_peak()
     sharded = build_fully_sharded(lm, mesh)
@@ -133,7 +138,8 @@ def _memory_rank(rank: int, world: int, init_file: str, out: str) -> None:
 def main_memory(out: Path) -> None:
     """The full build (this process), then a 2-process sharded build."""
     torch.set_num_threads(1)
-    lm = MultiTaskLM(MEMORY_BACKBONE, method="hycam")
+    with deferred_build():
+        lm = MultiTaskLM(MEMORY_BACKBONE, method="hycam")
     before = _reset_peak()
     full = lm.build_model()
     peak = _peak_rss_since_reset() - before

@@ -81,7 +81,8 @@ def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_p
     )
     trainer.fit(lm, datamodule=datamodule(GLOBAL_BATCH, runs / "cache"))
     single = {n: p.detach() for n, p in lm.named_parameters() if p.requires_grad}
-    initial = {n: p.detach() for n, p in model("cam").named_parameters() if p.requires_grad}
+    fresh = model("cam")
+    initial = {n: p.detach() for n, p in fresh.named_parameters() if p.requires_grad}
     assert any(not torch.equal(single[n], initial[n]) for n in single), "training changed nothing"
     for run in ("ddp", "fsdp2"):
         weights = _weights(runs, run, 0)
