@@ -115,11 +115,13 @@ def _memory_rank(rank: int, world: int, init_file: str, out: str) -> None:
     with deferred_build():
         lm = MultiTaskLM(MEMORY_BACKBONE, method="hycam")
     dist.barrier()
+    torch.manual_seed(0)
     before = _reset_peak()
     sharded = build_fully_sharded(lm, mesh)
     peak = _peak_rss_since_reset() - before
     local = sum(p.to_local().numel() for p in sharded.parameters())
     # The shards hold exactly the unsharded build's weights (init_seed), buffers included.
+    torch.manual_seed(0)  # the same random stream as rank 0's build (adapter initialisation)
     full = lm.build_model()
     reference = dict(full.named_parameters())
     identical = all(

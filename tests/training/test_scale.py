@@ -111,8 +111,10 @@ def test_checkpoints_hold_trainable_weights_and_optimizer_state(runs, run):
 
 def _logits_match_after_export(checkpoint_path: Path, adapter_dir: Path) -> None:
     checkpoint = torch.load(checkpoint_path, weights_only=False)
-    trained = module_from_checkpoint(checkpoint)
-    trained.load_state_dict(checkpoint["state_dict"], strict=False)
+    trained = module_from_checkpoint(checkpoint)  # deferred: the backbone is built on first use
+    trained.model.requires_grad_(False)
+    missing, unexpected = trained.load_state_dict(checkpoint["state_dict"], strict=False)
+    assert not unexpected and set(missing).isdisjoint(checkpoint["state_dict"])
     fresh = load_backbone(trained.hparams.backbone, init_seed=trained.hparams.init_seed)
     load_adapter(fresh, adapter_dir)
     ids = torch.randint(1, 384, (2, 12), generator=torch.Generator().manual_seed(0))
