@@ -186,7 +186,10 @@ class MultiTaskLM(L.LightningModule):
         else:
             with torch.device("cpu"):  # as before: the same weights whatever device the trainer uses
                 model = load_backbone(
-                    hp.backbone, dtype=hp.dtype, attn_implementation=hp.attn_implementation, init_seed=hp.init_seed
+                    hp.backbone,
+                    dtype=hp.dtype,
+                    attn_implementation=hp.attn_implementation,
+                    init_seed=hp.init_seed,
                 )
         model = self.method.apply(model)
         if hp.adapter is not None and not structure_only:

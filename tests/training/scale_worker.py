@@ -59,7 +59,9 @@ def trainer(root: Path, devices: int, strategy: str, **kwargs) -> L.Trainer:
     return L.Trainer(**options)
 
 
-def fit(out: Path, name: str, devices: int, strategy: str, method: str, ckpt: str | None = None) -> MultiTaskLM:
+def fit(
+    out: Path, name: str, devices: int, strategy: str, method: str, ckpt: str | None = None
+) -> MultiTaskLM:
     lm = model(method, deferred=strategy == "fsdp2")
     assert lm.model_built is (strategy != "fsdp2")
     data = datamodule(GLOBAL_BATCH // devices, out / "cache")
@@ -126,7 +128,8 @@ def _memory_rank(rank: int, world: int, init_file: str, out: str) -> None:
     reference = dict(full.named_parameters())
     identical = all(
         torch.equal(
-            p.to_local(), distribute_tensor(reference[n].detach(), mesh, p.placements, src_data_rank=None).to_local()
+            p.to_local(),
+            distribute_tensor(reference[n].detach(), mesh, p.placements, src_data_rank=None).to_local(),
         )
         for n, p in sharded.named_parameters()
     ) and all(torch.equal(b, dict(full.named_buffers())[n]) for n, b in sharded.named_buffers())

@@ -24,11 +24,17 @@ from hycam_pl.training.export import export, module_from_checkpoint
 from hycam_pl.training.sharding import check_strategy, trainable_units
 
 from .conftest import REPO, run_cli, tiny_quickstart
-from .scale_worker import GLOBAL_BATCH, STEPS, model
 from .objective_worker import datamodule
+from .scale_worker import GLOBAL_BATCH, STEPS, model
 
 TRAINER_CONFIGS = REPO / "configs" / "trainer"
-GPU_ONLY = ["fsdp", "deepspeed_zero2", "deepspeed_zero2_offload", "deepspeed_zero3", "deepspeed_zero3_offload"]
+GPU_ONLY = [
+    "fsdp",
+    "deepspeed_zero2",
+    "deepspeed_zero2_offload",
+    "deepspeed_zero3",
+    "deepspeed_zero3_offload",
+]
 
 
 def _worker(mode: str, out: Path) -> None:
