@@ -138,11 +138,14 @@ def test_export_from_a_checkpoint_reproduces_the_logits_on_a_fresh_base(runs, tm
 
 
 def test_fsdp2_overlay_through_the_cli_then_hycam_export(tmp_path):
-    """The shipped overlay on the tiny config, 2 processes; ``hycam export`` on its checkpoint; the adapter
-    written at the end of fit (gathered from the shards) equals the exported one."""
+    """The shipped overlay on the tiny config, 2 processes, bf16-mixed with activation checkpointing;
+    ``hycam export`` on its checkpoint; the adapter written at the end of fit (gathered from the shards)
+    equals the exported one."""
     config = tiny_quickstart(tmp_path, max_steps=2, val_every=2, num_examples=16)
     overlay = TRAINER_CONFIGS / "fsdp2.yaml"
-    run_cli("fit", "-c", str(config), "-c", str(overlay), "--trainer.devices", "2", cwd=tmp_path)
+    # bf16 autocast and activation checkpointing inside the FSDP2 units, as on GPUs
+    options = ("--trainer.precision", "bf16-mixed", "--model.activation_checkpointing", "true")
+    run_cli("fit", "-c", str(config), "-c", str(overlay), "--trainer.devices", "2", *options, cwd=tmp_path)
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     result = run_cli("export", str(checkpoint), str(tmp_path / "exported"), cwd=tmp_path)
     assert "Wrote the adapter" in result.stdout
