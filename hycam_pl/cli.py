@@ -18,7 +18,7 @@ from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.training import MultiTaskLM
 from hycam_pl.training.faults import install_atomic_checkpoint_io
 from hycam_pl.training.resume import check_output_directories, prepare_checkpoint
-from hycam_pl.training.sharding import deferred_build, shards_weights
+from hycam_pl.training.sharding import deferred_build, quiet_deepspeed_detection, shards_weights
 from hycam_pl.training.validation import preflight, report_user_errors, validate_cli_config
 
 
@@ -72,6 +72,7 @@ def main(args: list[str] | None = None) -> None:
         from hycam_pl.training.export import main as export
 
         return export(argv[1:])
+    quiet_deepspeed_detection()
     with report_user_errors():
         _main(args)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -364,6 +365,13 @@ def save_fit_adapter(module: Any, directory: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ validation
+def quiet_deepspeed_detection() -> None:
+    """Without CUDA, DeepSpeed's import prints "Setting accelerator to CPU" on *stdout* (breaking
+    ``--print_config`` output); naming the accelerator it would pick anyway keeps it quiet."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def check_strategy(trainer_options: Mapping[str, Any] | None) -> None:
     """GPU-only strategies on a machine without CUDA: one clear message instead of Lightning's traceback."""
     if not trainer_options:
