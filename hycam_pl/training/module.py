@@ -147,8 +147,9 @@ class MultiTaskLM(L.LightningModule):
             }
         )
         self.method = build_method(method, hycam=hycam, method_options=method_options)
-        # The backbone is built lazily (``model`` below), in ``configure_model`` under a trainer, so that
-        # sharded strategies can build it per rank without every rank holding a full copy first.
+        # The backbone is built at the end of the constructor, or, inside ``sharding.deferred_build()`` (the
+        # CLI under FSDP/DeepSpeed), lazily in ``configure_model``: sharded strategies build it per rank there,
+        # without every rank holding a full copy first.
         self.val_metrics: TaskMetrics | None = None
         self.test_metrics: TaskMetrics | None = None
         self.val_overall = TeacherForcedLoss()
