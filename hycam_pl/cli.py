@@ -7,6 +7,7 @@ Configs mirror constructor arguments (``class_path``/``init_args``) and may use 
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from typing import Any
 
 from jsonargparse import set_parsing_settings
@@ -17,6 +18,7 @@ from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.training import MultiTaskLM
 from hycam_pl.training.faults import install_atomic_checkpoint_io
 from hycam_pl.training.resume import check_output_directories, prepare_checkpoint
+from hycam_pl.training.sharding import deferred_build, quiet_deepspeed_detection, shards_weights
 from hycam_pl.training.validation import preflight, report_user_errors, validate_cli_config
 
 
@@ -35,6 +37,15 @@ class HyCAMCLI(LightningCLI):
         # refuse a missing/truncated checkpoint or one whose weight-defining options differ from the config).
         check_output_directories(section, self.subcommand)
         prepare_checkpoint(section, self.subcommand)
+
+    def instantiate_classes(self) -> None:
+        """Under a sharding strategy the model is built per rank in ``configure_model``, not here."""
+        section = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = section.get("trainer") if hasattr(section, "get") else None
+        strategy = trainer.get("strategy") if hasattr(trainer, "get") else None
+        strategy = strategy.as_dict() if hasattr(strategy, "as_dict") else strategy
+        with deferred_build() if shards_weights(strategy) else nullcontext():
+            super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -57,6 +68,11 @@ def main(args: list[str] | None = None) -> None:
         from hycam_pl.sweeps.cli import main as sweep
 
         return sweep(argv[1:])
+    if argv[:1] == ["export"]:  # a checkpoint's adapter folder (hycam_pl.training.export)
+        from hycam_pl.training.export import main as export
+
+        return export(argv[1:])
+    quiet_deepspeed_detection()
     with report_user_errors():
         _main(args)
 

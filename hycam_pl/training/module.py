@@ -20,6 +20,15 @@ from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_tabl
 from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics
 from hycam_pl.training.losses import LOSS_REDUCTIONS, per_example_nll, task_loss_terms
 from hycam_pl.training.resume import apply_optimizer_options, shape_mismatches
+from hycam_pl.training.sharding import (
+    build_deferred,
+    builds_before_configure,
+    configure_model,
+    meta_backbone,
+    needs_synced_generation,
+    save_fit_adapter,
+    synchronised_batches,
+)
 from hycam_pl.training.validation import check_tokenizer_fits, load_initial_adapter
 
 CHECKPOINTING = (False, True, "reentrant", "non_reentrant")
@@ -138,17 +147,9 @@ class MultiTaskLM(L.LightningModule):
             }
         )
         self.method = build_method(method, hycam=hycam, method_options=method_options)
-        model = load_backbone(
-            backbone, dtype=dtype, attn_implementation=attn_implementation, init_seed=init_seed
-        )
-        self.model = self.method.apply(model)
-        if adapter is not None:
-            load_initial_adapter(self.model, adapter)
-        if activation_checkpointing:
-            reentrant = activation_checkpointing == "reentrant"
-            self.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": reentrant}
-            )
+        # The backbone is built at the end of the constructor, or, inside ``sharding.deferred_build()`` (the
+        # CLI under FSDP/DeepSpeed), lazily in ``configure_model``: sharded strategies build it per rank there,
+        # without every rank holding a full copy first.
         self.val_metrics: TaskMetrics | None = None
         self.test_metrics: TaskMetrics | None = None
         self.val_overall = TeacherForcedLoss()
@@ -160,17 +161,63 @@ class MultiTaskLM(L.LightningModule):
         self._train_rng_state: dict[str, Any] | None = None
         self._in_train_batch = False
         self._predictions: list[dict[str, Any]] = []
+        if not build_deferred():  # inside sharding.deferred_build() (sharded CLI runs): in configure_model
+            self.model  # noqa: B018
 
     # ------------------------------------------------------------------------------------------- setup
+    @property
+    def model(self) -> torch.nn.Module:
+        """The adapted backbone, built on first use (see :func:`hycam_pl.training.sharding.configure_model`)."""
+        built = self._modules.get("model")
+        if built is None:
+            built = self.build_model()
+            self.model = built  # nn.Module.__setattr__ registers it as the ``model`` submodule
+        return built
+
+    @property
+    def model_built(self) -> bool:
+        return self._modules.get("model") is not None
+
+    def build_model(self, structure_only: bool = False) -> torch.nn.Module:
+        """The backbone with the method applied (not registered). ``structure_only``: on the meta device, no
+        weights read (the sharded build loads them into each rank's shards afterwards)."""
+        hp = self.hparams
+        if structure_only:
+            model = meta_backbone(hp.backbone, hp.dtype, hp.attn_implementation)
+        else:
+            with torch.device("cpu"):  # as before: the same weights whatever device the trainer uses
+                model = load_backbone(
+                    hp.backbone,
+                    dtype=hp.dtype,
+                    attn_implementation=hp.attn_implementation,
+                    init_seed=hp.init_seed,
+                )
+        model = self.method.apply(model)
+        if hp.adapter is not None and not structure_only:
+            load_initial_adapter(model, hp.adapter)
+        if hp.activation_checkpointing:
+            reentrant = hp.activation_checkpointing == "reentrant"
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        return model
+
+    def configure_model(self) -> None:
+        configure_model(self)  # plain, FSDP2-sharded or (DeepSpeed) already built; idempotent
+        data = self.datamodule
+        if data is not None and getattr(data, "tokenizer", None) is not None:
+            check_tokenizer_fits(self.model, data.tokenizer)
+
     @property
     def datamodule(self):
         return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
 
     def setup(self, stage: str) -> None:
         data = self.datamodule
+        if self._trainer is not None and builds_before_configure(self.trainer.strategy):
+            self.model  # noqa: B018 - DeepSpeed: built here, outside the ZeRO-3 init context of configure_model
         if data is None:
             return
-        check_tokenizer_fits(self.model, data.tokenizer)
+        if self.model_built:  # otherwise checked in configure_model, once built
+            check_tokenizer_fits(self.model, data.tokenizer)
         scorers = getattr(data, "scorers", {}) or {}
         if self.val_metrics is None:
             stemmer = self.generation.rouge_stemmer
@@ -386,6 +433,8 @@ class MultiTaskLM(L.LightningModule):
         )
         if settings.do_sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        if self._trainer is not None and needs_synced_generation(self.trainer):
+            kwargs["synced_gpus"] = True  # sharded weights: every rank runs every step until all are done
         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new = output[:, input_ids.shape[1] :]
         is_eos = (new == tokenizer.eos_token_id).long()
@@ -408,9 +457,10 @@ class MultiTaskLM(L.LightningModule):
         loader = data.generation_dataloader(stage)
         was_training = self.model.training
         self.model.eval()
-        for batch in loader:
+        for batch, real in synchronised_batches(loader, self):
             predictions = self.generate_batch(batch)
-            metrics.update_generation_by_id(batch["task_ids"], predictions, batch["references"])
+            if real:  # a padding batch only keeps this rank in step with the others (sharded weights)
+                metrics.update_generation_by_id(batch["task_ids"], predictions, batch["references"])
         self.model.train(was_training)
 
     # ------------------------------------------------------------------------------------------ predict
@@ -499,6 +549,8 @@ class MultiTaskLM(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" not in checkpoint:  # a sharded strategy loaded the weights itself (and popped them)
+            checkpoint = {**checkpoint, "state_dict": {k: None for k in self.trainable_keys()}}
         saved = set(checkpoint.get("state_dict", {}))
         missing = sorted(self.trainable_keys() - saved)
         unexpected = sorted(saved - set(self.state_dict()))
@@ -532,8 +584,8 @@ class MultiTaskLM(L.LightningModule):
 
     def on_fit_end(self) -> None:
         run_dir = self.run_dir()
-        if self.trainer.is_global_zero and run_dir is not None and self.method.exports_adapter:
-            self.method.save(self.model, os.path.join(run_dir, "adapter"))
+        if run_dir is not None and self.method.exports_adapter:
+            save_fit_adapter(self, os.path.join(run_dir, "adapter"))  # gathers sharded weights first
 
     def run_dir(self) -> str | None:
         trainer = self._trainer

@@ -99,6 +99,9 @@ def report_user_errors() -> Iterator[None]:
 def validate_cli_config(config: Any, subcommand: str | None) -> None:
     """Check the parsed ``hycam`` config (a jsonargparse Namespace) before LightningCLI instantiates anything."""
     section = config[subcommand] if subcommand else config
+    from hycam_pl.training.sharding import check_strategy  # imports Lightning's strategies: only here
+
+    check_strategy(_plain(section.get("trainer") if hasattr(section, "get") else None))
     model = _plain(section.get("model") if hasattr(section, "get") else None)
     if isinstance(model, Mapping):
         validate_model_options(model.get("init_args", model))

@@ -16,6 +16,7 @@ CONFIGS = REPO / "configs"
 PAPER_BASE = CONFIGS / "paper" / "hycam.yaml"
 MODEL_FRAGMENTS = sorted((CONFIGS / "paper" / "models").glob("*.yaml"))
 ABLATIONS = sorted((CONFIGS / "ablations").glob("*.yaml"))  # overlays, checked on top of tiny.yaml
+TRAINER_OVERLAYS = sorted((CONFIGS / "trainer").glob("*.yaml"))  # strategies, also over tiny.yaml
 # Sweep files are not hycam configs; tests/sweeps/test_sweep_files.py loads and validates them.
 SWEEPS = sorted((CONFIGS / "sweeps").glob("*.yaml"))
 
@@ -36,12 +37,13 @@ def shipped_configs() -> list[tuple[Path, ...]]:
     standalone = [
         (p,)
         for p in sorted(CONFIGS.rglob("*.yaml"))
-        if p.parent.name not in ("models", "ablations", "sweeps")
+        if p.parent.name not in ("models", "ablations", "trainer", "sweeps")
     ]
     return (
         standalone
         + [(PAPER_BASE, fragment) for fragment in MODEL_FRAGMENTS]
         + [(CONFIGS / "tiny.yaml", overlay) for overlay in ABLATIONS]
+        + [(CONFIGS / "tiny.yaml", overlay) for overlay in TRAINER_OVERLAYS]
     )
 
 

@@ -1,0 +1,406 @@
+"""Scale-out through Lightning's own strategies: how ``MultiTaskLM`` builds its model under each one.
+
+- Single device, DDP, Lightning's ``fsdp`` (FSDP1): the full model is built once per process on the CPU, as
+  before (FSDP1 then wraps it with :class:`FSDPStrategy`'s decoder-layer policy).
+- FSDP2 (:class:`FSDP2Strategy`, a ``ModelParallelStrategy``): only rank 0 builds the full model; the other
+  ranks build it on the meta device. Every rank shards its copy with ``fully_shard`` (the trainable modules
+  first, in units of their own, then each decoder layer, then the root), allocates its local shards, and
+  rank 0 broadcasts the weights (``set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)``):
+  no rank but the first ever holds the whole model, and the weights equal those of the unsharded build.
+- DeepSpeed: built in ``setup`` (before Lightning enters ZeRO-3's partitioning context, which would
+  partition the modules as they are created and break loading and ``init_seed``); ``deepspeed.initialize``
+  partitions it afterwards.
+
+Checkpoints hold only the trainable weights (gathered to rank 0 on save) and the optimizer state.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+import transformers
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy as _LightningFSDPStrategy
+from torch import nn
+
+from hycam_pl.backbone import DTYPES, backbone_config
+
+log = logging.getLogger(__name__)
+
+# Methods that trainable modules run instead of ``forward`` (FSDP2 must gather their shards around them).
+FORWARD_METHODS = ("modulation_delta", "mix")
+CONTAINERS = (nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList)
+GPU_ONLY = {"deepspeed": "DeepSpeed", "fsdp": "Lightning's fsdp (FSDP1)"}
+
+
+_DEFERRED = contextvars.ContextVar("hycam_deferred_build", default=False)
+
+
+@contextmanager
+def deferred_build() -> Iterator[None]:
+    """``MultiTaskLM``s created inside leave their model unbuilt until ``configure_model`` (or first use), so
+    a sharded strategy builds it per rank; outside, the constructor builds it at once, as it always did."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def build_deferred() -> bool:
+    return _DEFERRED.get()
+
+
+def strategy_name(strategy: Any) -> str:
+    """The strategy's registered name or class path (``""`` for none) from a trainer option or object."""
+    if isinstance(strategy, str):
+        return strategy
+    if isinstance(strategy, Mapping):
+        return str(strategy.get("class_path", ""))
+    return type(strategy).__name__ if strategy is not None else ""
+
+
+def shards_weights(strategy: Any) -> bool:
+    """Whether a strategy option names one that shards the weights (FSDP1/2, DeepSpeed, ModelParallel)."""
+    name = strategy_name(strategy).lower()
+    return any(key in name for key in ("fsdp", "deepspeed", "modelparallel"))
+
+
+# ------------------------------------------------------------------------------------------ strategies
+class FSDP2Strategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` set up for FSDP2 data parallelism: all ranks shard one model (no tensor
+    parallelism), and checkpoints are one file holding the trainable weights gathered to rank 0.
+
+    Lightning's own defaults would make every device of a node a tensor-parallel rank and save distributed
+    checkpoint folders of the whole (mostly frozen) model.
+    """
+
+    def __init__(
+        self,
+        data_parallel_size: int | str = "auto",
+        tensor_parallel_size: int | str = 1,
+        save_distributed_checkpoint: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            data_parallel_size=data_parallel_size,
+            tensor_parallel_size=tensor_parallel_size,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":  # every process of every node shards the model
+            tensor = 1 if self._tensor_parallel_size == "auto" else int(self._tensor_parallel_size)
+            self._data_parallel_size = self.num_nodes * self.num_processes // tensor
+        super().setup_environment()
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """Only the trainable weights, each gathered in full (collective: every rank runs it); rank 0 keeps them."""
+        if self._save_distributed_checkpoint:
+            return super().lightning_module_state_dict()
+        return trainable_state_dict(self.lightning_module, keep=self.global_rank == 0)
+
+
+class FSDPStrategy(_LightningFSDPStrategy):
+    """Lightning's ``fsdp`` (FSDP1) with an auto-wrap policy built from the model: each decoder layer is a
+    unit, and so is each trainable module inside it, so that frozen and trainable parameters never share a
+    flat parameter; ``use_orig_params`` keeps the parameter groups (and ``requires_grad``) per parameter."""
+
+    def __init__(
+        self,
+        sharding_strategy: str = "FULL_SHARD",
+        use_orig_params: bool = True,
+        state_dict_type: str = "full",
+        limit_all_gathers: bool = True,
+        cpu_offload: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            sharding_strategy=sharding_strategy,
+            state_dict_type=state_dict_type,
+            cpu_offload=cpu_offload,
+            use_orig_params=use_orig_params,
+            limit_all_gathers=limit_all_gathers,
+            **kwargs,
+        )
+
+    def setup(self, trainer: L.Trainer) -> None:
+        if "auto_wrap_policy" not in self.kwargs:
+            from torch.distributed.fsdp.wrap import CustomPolicy
+
+            units = {id(m) for m in wrap_units(self.lightning_module.model)}
+            self.kwargs["auto_wrap_policy"] = CustomPolicy(lambda module: id(module) in units)
+        super().setup(trainer)
+
+
+def is_fsdp2(strategy: Any) -> bool:
+    return isinstance(strategy, ModelParallelStrategy)
+
+
+def builds_before_configure(strategy: Any) -> bool:
+    """DeepSpeed builds in ``setup``: ZeRO-3's ``configure_model`` context would partition modules mid-build."""
+    return isinstance(strategy, DeepSpeedStrategy)
+
+
+def is_sharded(strategy: Any) -> bool:
+    """Whether weights are split over ranks (every rank must then run every forward pass)."""
+    if isinstance(strategy, (ModelParallelStrategy, _LightningFSDPStrategy)):
+        return True
+    return isinstance(strategy, DeepSpeedStrategy) and getattr(strategy, "zero_stage_3", False)
+
+
+def needs_synced_generation(trainer: L.Trainer) -> bool:
+    return trainer.world_size > 1 and is_sharded(trainer.strategy)
+
+
+def synchronised_batches(loader: Iterable[Any], module: L.LightningModule) -> Iterator[tuple[Any, bool]]:
+    """``(batch, real)``: the loader's batches, then, with sharded weights, repeats of the last one (``real``
+    False) until this rank has run as many as the rank with the most (generation there is collective)."""
+    batches = list(loader)
+    for batch in batches:
+        yield batch, True
+    if module._trainer is None or not needs_synced_generation(module.trainer) or not batches:
+        return
+    count = torch.tensor([len(batches)], device=module.device)
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    for _ in range(int(count.item()) - len(batches)):
+        yield batches[-1], False
+
+
+# --------------------------------------------------------------------------------------- construction
+def meta_backbone(source: Any, dtype: str = "float32", attn_implementation: str | None = None) -> nn.Module:
+    """The backbone's modules with no storage (meta device), from its config alone: no weights are read."""
+    config = backbone_config(dict(source) if isinstance(source, Mapping) else source)
+    if config is None:
+        raise ValueError(
+            f"model.backbone={source!r}: its config is not available offline, so the sharded build cannot "
+            "create the model without loading it; download it first or point model.backbone at a folder"
+        )
+    kwargs: dict[str, Any] = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if DTYPES.get(dtype) not in (None, "auto"):
+        kwargs["dtype"] = DTYPES[dtype]
+    with torch.device("meta"):
+        return transformers.AutoModelForCausalLM.from_config(config, **kwargs)
+
+
+def configure_model(module: Any) -> None:
+    """``MultiTaskLM.configure_model``: build the model the way the trainer's strategy needs; idempotent
+    (Lightning calls it again for ``test`` after ``fit``)."""
+    strategy = module.trainer.strategy if module._trainer is not None else None
+    if not is_fsdp2(strategy):
+        module.model  # noqa: B018 - builds it (on the CPU) unless already built
+        return
+    mesh = data_parallel_mesh(module.device_mesh)
+    if module.model_built:
+        if not is_fully_sharded(module.model):
+            fully_shard_model(module.model, mesh)  # built before fit (e.g. by the user): shard it in place
+        return
+    module.model = build_fully_sharded(module, mesh)
+
+
+def data_parallel_mesh(mesh: Any) -> Any:
+    names = getattr(mesh, "mesh_dim_names", None) or ()
+    if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+        raise ValueError(
+            "trainer.strategy: hycam_pl shards the model with FSDP2 over data-parallel ranks only; set "
+            "tensor_parallel_size: 1 (hycam_pl.training.sharding.FSDP2Strategy does)"
+        )
+    return mesh["data_parallel"] if "data_parallel" in names else mesh
+
+
+def is_fully_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def build_fully_sharded(module: Any, mesh: Any, device: torch.device | None = None) -> nn.Module:
+    """Rank 0 builds the full model (exactly the unsharded build); every rank shards a meta-device copy,
+    allocates its local shards and receives the weights from rank 0."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    rank = dist.get_rank()
+    device = device or torch.device("cpu")
+    full = module.build_model() if rank == 0 else None
+    model = module.build_model(structure_only=True)
+    fully_shard_model(model, mesh)
+    model.to_empty(device=device)
+    state = full.state_dict() if full is not None else {}
+    set_model_state_dict(
+        model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
+    )
+    # Non-persistent buffers (rotary frequencies) are in no state dict: broadcast them too.
+    buffers = dict(full.named_buffers()) if full is not None else {}
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if rank == 0:
+                buffer.copy_(buffers[name])
+            dist.broadcast(buffer, src=0)
+    tie = getattr(model, "tie_weights", None)
+    if callable(tie):
+        tie()
+    del full, state, buffers
+    # Every rank continues from the random state of rank 0's build (as if each had run the same build).
+    rng = [torch.get_rng_state()]
+    dist.broadcast_object_list(rng, src=0)
+    torch.set_rng_state(rng[0])
+    return model
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers: modules of a class the model declares unsplittable (``_no_split_modules``)."""
+    names: set[str] = set()
+    for sub in model.modules():
+        names.update(getattr(sub, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def trainable_units(model: nn.Module) -> list[nn.Module]:
+    """The largest modules inside the decoder layers whose parameters are all trainable (adapters, trained
+    norms), skipping containers (never called: their parameters stay in the enclosing unit)."""
+    layers = decoder_layers(model)
+    units: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        params = list(module.parameters())
+        if (
+            params
+            and all(p.requires_grad for p in params)
+            and not isinstance(module, CONTAINERS)
+            and module not in layers
+        ):
+            units.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    for layer in layers:
+        if all(p.requires_grad for p in layer.parameters()):
+            continue  # full fine-tuning: the layer is the unit
+        for child in layer.children():
+            visit(child)
+    return units
+
+
+def wrap_units(model: nn.Module) -> list[nn.Module]:
+    """FSDP units, innermost first: the trainable modules, then the decoder layers (the root is the last)."""
+    return [*trainable_units(model), *decoder_layers(model)]
+
+
+def fully_shard_model(model: nn.Module, mesh: Any, mp_policy: Any = None) -> nn.Module:
+    """``fully_shard`` each trainable unit, each decoder layer, then the whole model (embeddings, head)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
+    for unit in trainable_units(model):
+        fully_shard(unit, **kwargs)
+        for name in FORWARD_METHODS:
+            if callable(getattr(unit, name, None)):
+                register_fsdp_forward_method(unit, name)
+    for layer in decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    register_fsdp_forward_method(model, "generate")
+    return model
+
+
+def trainable_state_dict(module: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """``{name: full tensor on the CPU}`` for the trainable parameters; sharded ones are gathered (a
+    collective: every rank calls this); ``keep`` False returns nothing (the ranks that do not write)."""
+    from torch.distributed.tensor import DTensor
+
+    trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    out: dict[str, torch.Tensor] = {}
+    with _gathered(module, [p for _, p in trainable]):
+        for name, param in trainable:
+            tensor = param.detach()
+            if isinstance(tensor, DTensor):
+                tensor = tensor.full_tensor()
+            if keep:
+                out[name] = tensor.cpu().clone()
+    return out
+
+
+def _gathered(module: nn.Module, params: list[nn.Parameter]) -> Any:
+    """A context in which ZeRO-3-partitioned or FSDP1-flattened parameters hold their full values."""
+    from contextlib import nullcontext
+
+    trainer = getattr(module, "_trainer", None)
+    strategy = trainer.strategy if trainer is not None else None
+    if isinstance(strategy, DeepSpeedStrategy) and getattr(strategy, "zero_stage_3", False):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    if isinstance(strategy, _LightningFSDPStrategy):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(trainer.model, writeback=False)
+    return nullcontext()
+
+
+def save_fit_adapter(module: Any, directory: str) -> None:
+    """The adapter folder at the end of ``fit``: under a sharded strategy every rank gathers the trainable
+    weights and rank 0 writes them (the backbone is never gathered); otherwise rank 0 saves as usual."""
+    trainer = module.trainer
+    if not is_sharded(trainer.strategy):
+        if trainer.is_global_zero:
+            module.method.save(module.model, directory)
+        return
+    from hycam_pl.training.export import write_adapter
+
+    state = trainable_state_dict(module, keep=trainer.is_global_zero)
+    if trainer.is_global_zero:
+        write_adapter(module, state, directory)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def quiet_deepspeed_detection() -> None:
+    """Without CUDA, DeepSpeed's import prints "Setting accelerator to CPU" on *stdout* (breaking
+    ``--print_config`` output); naming the accelerator it would pick anyway keeps it quiet."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def check_strategy(trainer_options: Mapping[str, Any] | None) -> None:
+    """GPU-only strategies on a machine without CUDA: one clear message instead of Lightning's traceback."""
+    if not trainer_options:
+        return
+    name = strategy_name(trainer_options.get("strategy"))
+    if not name:
+        return
+    lowered = name.lower().rsplit(".", 1)[-1]
+    kind = next(
+        (
+            label
+            for key, label in GPU_ONLY.items()
+            if lowered.startswith(key) and not lowered.startswith("fsdp2") and "modelparallel" not in lowered
+        ),
+        None,
+    )
+    if kind is None:
+        return
+    accelerator = str(trainer_options.get("accelerator", "auto")).lower()
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.strategy={name!r}: {kind} runs on CUDA GPUs only, and "
+            + ("trainer.accelerator is 'cpu'" if accelerator == "cpu" else "this machine has no CUDA GPU")
+            + "; on CPU use configs/trainer/ddp.yaml or configs/trainer/fsdp2.yaml"
+        )
+    if kind == "DeepSpeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                f"trainer.strategy={name!r} needs DeepSpeed: pip install 'hycam_pl[deepspeed]'"
+            ) from None

@@ -1,0 +1,240 @@
+"""Scale-out on CPU (gloo): DDP and FSDP2 runs agree with one process, FSDP2 resumes exactly, the sharded build
+holds less host memory than the full one on the ranks it spares, checkpoints hold only trainable weights, and
+``hycam export`` turns any of them into an adapter that reproduces the trained model's logits on a fresh base.
+The GPU-only strategies (Lightning's ``fsdp``, DeepSpeed) build from their configs and fail on CPU with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.cli import instantiate_class
+
+from hycam_pl import load_adapter
+from hycam_pl.backbone import load_backbone
+from hycam_pl.training.export import export, module_from_checkpoint
+from hycam_pl.training.sharding import check_strategy, trainable_units
+
+from .conftest import REPO, run_cli, tiny_quickstart
+from .objective_worker import datamodule
+from .scale_worker import GLOBAL_BATCH, STEPS, model
+
+TRAINER_CONFIGS = REPO / "configs" / "trainer"
+GPU_ONLY = [
+    "fsdp",
+    "deepspeed_zero2",
+    "deepspeed_zero2_offload",
+    "deepspeed_zero3",
+    "deepspeed_zero3_offload",
+]
+
+
+def _worker(mode: str, out: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.training.scale_worker", mode, str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """DDP and FSDP2 fits (2 processes, one launch), an FSDP2 run resumed from step 2, and a test after fit."""
+    out = tmp_path_factory.mktemp("scale")
+    _worker("fit", out)
+    return out
+
+
+def _weights(out: Path, run: str, rank: int) -> dict[str, torch.Tensor]:
+    return torch.load(out / f"{run}-rank{rank}.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("run", ["ddp", "fsdp2", "fsdp2-hycam"])
+def test_both_ranks_hold_identical_adapter_weights(runs, run):
+    first, second = _weights(runs, run, 0), _weights(runs, run, 1)
+    assert first and first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_path):
+    lm = model("cam")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(lm, datamodule=datamodule(GLOBAL_BATCH, runs / "cache"))
+    single = {n: p.detach() for n, p in lm.named_parameters() if p.requires_grad}
+    fresh = model("cam")
+    initial = {n: p.detach() for n, p in fresh.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(single[n], initial[n]) for n in single), "training changed nothing"
+    for run in ("ddp", "fsdp2"):
+        weights = _weights(runs, run, 0)
+        assert weights.keys() == single.keys()
+        for name, value in single.items():
+            torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-6, msg=f"{run}: {name}")
+
+
+def test_resumed_fsdp2_run_continues_exactly(runs):
+    straight, resumed = _weights(runs, "fsdp2-hycam", 0), _weights(runs, "fsdp2-hycam-resumed", 0)
+    assert any(".experts." in name for name in straight)  # HyCAM: Gumbel routing, per-rank random streams
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert json.loads((runs / "tested-rank1.json").read_text()) == {"ok": True}  # test() after fit, sharded
+
+
+@pytest.mark.parametrize("run", ["ddp", "fsdp2-hycam"])
+def test_checkpoints_hold_trainable_weights_and_optimizer_state(runs, run):
+    checkpoint = torch.load(runs / run / "checkpoints" / "last.ckpt", weights_only=False)
+    keys = set(checkpoint["state_dict"])
+    trainable = module_from_checkpoint(checkpoint).trainable_keys()
+    assert keys == trainable
+    state = checkpoint["optimizer_states"][0]["state"]
+    assert len(state) == len(trainable) and all("exp_avg" in s for s in state.values())
+
+
+def _logits_match_after_export(checkpoint_path: Path, adapter_dir: Path) -> None:
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    trained = module_from_checkpoint(checkpoint)  # deferred: the backbone is built on first use
+    trained.model.requires_grad_(False)
+    missing, unexpected = trained.load_state_dict(checkpoint["state_dict"], strict=False)
+    assert not unexpected and set(missing).isdisjoint(checkpoint["state_dict"])
+    fresh = load_backbone(trained.hparams.backbone, init_seed=trained.hparams.init_seed)
+    load_adapter(fresh, adapter_dir)
+    ids = torch.randint(1, 384, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trained.model.eval()(input_ids=ids).logits
+        got = fresh.eval()(input_ids=ids).logits
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("run", ["ddp", "fsdp2-hycam"])
+def test_export_from_a_checkpoint_reproduces_the_logits_on_a_fresh_base(runs, tmp_path, run):
+    checkpoint = runs / run / "checkpoints" / "last.ckpt"
+    export(checkpoint, tmp_path / "adapter")
+    _logits_match_after_export(checkpoint, tmp_path / "adapter")
+
+
+def test_fsdp2_overlay_through_the_cli_then_hycam_export(tmp_path):
+    """The shipped overlay on the tiny config, 2 processes, bf16-mixed with activation checkpointing;
+    ``hycam export`` on its checkpoint; the adapter written at the end of fit (gathered from the shards)
+    equals the exported one."""
+    config = tiny_quickstart(tmp_path, max_steps=2, val_every=2, num_examples=16)
+    overlay = TRAINER_CONFIGS / "fsdp2.yaml"
+    # bf16 autocast and activation checkpointing inside the FSDP2 units, as on GPUs
+    options = ("--trainer.precision", "bf16-mixed", "--model.activation_checkpointing", "true")
+    run_cli("fit", "-c", str(config), "-c", str(overlay), "--trainer.devices", "2", *options, cwd=tmp_path)
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    result = run_cli("export", str(checkpoint), str(tmp_path / "exported"), cwd=tmp_path)
+    assert "Wrote the adapter" in result.stdout
+    _logits_match_after_export(checkpoint, tmp_path / "exported")
+    fit_adapter = tmp_path / "runs" / "tiny" / "version_0" / "adapter" / "adapter_model.safetensors"
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "exported" / "adapter_model.safetensors")
+    at_fit_end = load_file(fit_adapter)
+    assert exported.keys() == at_fit_end.keys()
+    assert all(torch.equal(exported[k], at_fit_end[k]) for k in exported)
+
+
+def test_hycam_export_reports_a_missing_checkpoint_in_one_line(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "hycam_pl.cli", "export", str(tmp_path / "none.ckpt"), str(tmp_path / "out")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- memory
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("memory")
+    _worker("memory", out)
+    return {p.stem.split("-")[1]: json.loads(p.read_text()) for p in out.glob("memory-*.json")}
+
+
+def test_sharded_build_holds_less_host_memory_than_the_full_build(memory):
+    full, rank0, rank1 = memory["full"], memory["rank0"], memory["rank1"]
+    print(
+        f"peak host memory of the build: full {full['peak'] / 2**20:.0f} MiB ({full['params']:,} parameters); "
+        f"sharded over 2 ranks: rank 0 {rank0['peak'] / 2**20:.0f} MiB, rank 1 {rank1['peak'] / 2**20:.0f} MiB"
+    )
+    weights = full["params"] * 4
+    assert full["peak"] >= 0.9 * weights  # the measurement sees the model
+    assert rank1["local_params"] * 2 == pytest.approx(full["params"], rel=0.01)
+    # Rank 1 never holds the whole model: its shard plus one tensor in flight, far below the full build.
+    assert rank1["peak"] < 0.75 * full["peak"]
+    assert rank0["identical"] and rank1["identical"]  # the shards hold the unsharded build's weights
+
+
+# ---------------------------------------------------------------------------------- GPU-only strategies
+@pytest.mark.parametrize("name", GPU_ONLY)
+def test_gpu_only_strategy_config_builds_and_is_refused_on_cpu(name):
+    options = yaml.safe_load((TRAINER_CONFIGS / f"{name}.yaml").read_text())["trainer"]
+    strategy = instantiate_class((), options["strategy"])
+    assert type(strategy).__name__ in ("FSDPStrategy", "DeepSpeedStrategy")
+    if name.startswith("deepspeed"):
+        stage = options["strategy"]["init_args"]["stage"]
+        assert strategy.config["zero_optimization"]["stage"] == stage
+        assert strategy.exclude_frozen_parameters
+    else:
+        assert strategy.kwargs["use_orig_params"] is True
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="runs on CUDA GPUs only"):
+            check_strategy(options)
+
+
+def test_gpu_only_overlay_fails_on_cpu_with_one_error_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the overlay would run")
+    config = tiny_quickstart(tmp_path)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "hycam_pl.cli", "fit", "-c", str(config)]
+    command += ["-c", str(TRAINER_CONFIGS / "deepspeed_zero3.yaml")]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "DeepSpeed runs on CUDA GPUs only" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_fsdp_units_keep_frozen_and_trainable_parameters_apart():
+    for method in ("hycam", "lora", "molora"):
+        lm = model(method)
+        units = trainable_units(lm.model)
+        assert units, method
+        for unit in units:
+            assert all(p.requires_grad for p in unit.parameters()), method
+        covered = {id(p) for unit in units for p in unit.parameters()}
+        trainable = [n for n, p in lm.model.named_parameters() if p.requires_grad and id(p) not in covered]
+        assert not trainable, f"{method}: trainable parameters outside their own units: {trainable[:3]}"
