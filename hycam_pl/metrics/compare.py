@@ -15,7 +15,7 @@ from pathlib import Path
 from hycam_pl.metrics.results import MISSING, format_value
 from hycam_pl.metrics.task_metrics import MACRO
 
-DEFAULT_METRICS = ("loss", "task_score", "exact_match", "rougeL")
+DEFAULT_METRICS = ("loss", "task_score", "rougeL")
 
 
 def compare_table(
