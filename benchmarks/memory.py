@@ -79,7 +79,7 @@ class Recorder:
         self._last = now
 
 
-def probe(recorder: Recorder) -> Any:
+def probe(recorder: Recorder, every: int) -> Any:
     """A callback that marks the stages of fit/test (imported late: Lightning is part of what is measured)."""
     import lightning as L
 
@@ -96,6 +96,8 @@ def probe(recorder: Recorder) -> Any:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == 1:
                 recorder.mark("fit: first training step")
+            elif every and trainer.global_step % every == 0:
+                recorder.mark(f"fit: training step {trainer.global_step}")
 
         def on_validation_start(self, trainer, pl_module):
             if not trainer.sanity_checking:
@@ -118,7 +120,9 @@ def probe(recorder: Recorder) -> Any:
     return MemoryProbe()
 
 
-def run_cli(subcommand: str, config: Path, workdir: Path, overrides: list[str], recorder: Recorder) -> None:
+def run_cli(
+    subcommand: str, config: Path, workdir: Path, overrides: list[str], recorder: Recorder, every: int = 0
+) -> None:
     import hycam_pl.cli as cli
 
     original = cli.HyCAMCLI.instantiate_trainer
@@ -127,7 +131,7 @@ def run_cli(subcommand: str, config: Path, workdir: Path, overrides: list[str], 
     def instantiate_trainer(self, **kwargs):
         recorder.mark(f"{subcommand}: model + datamodule built")
         trainer = original(self, **kwargs)
-        trainer.callbacks.append(probe(recorder))
+        trainer.callbacks.append(probe(recorder, every))
         return trainer
 
     def before_instantiate_classes(self):
@@ -206,6 +210,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--smoke", action="store_true", help="a few steps, tiny generation")
     parser.add_argument("--imports", action="store_true", help="also measure each heavy library's import")
     parser.add_argument("--no-test", action="store_true", help="fit only")
+    parser.add_argument("--every", type=int, default=0, help="also mark every N training steps")
+    parser.add_argument(
+        "overrides", nargs="*", help="more CLI options, after --, e.g. -- --trainer.max_steps 40"
+    )
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = parser.parse_args(argv)
 
@@ -215,10 +223,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     recorder.mark("import hycam_pl.cli")
     loaded = [name for name in HEAVY if name in sys.modules]
-    overrides = smoke_overrides() if args.smoke else []
+    overrides = (smoke_overrides() if args.smoke else []) + args.overrides
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        run_cli("fit", args.config.resolve(), workdir, overrides, recorder)
+        run_cli("fit", args.config.resolve(), workdir, overrides, recorder, args.every)
         if not args.no_test:
             run_cli("test", args.config.resolve(), workdir, overrides, recorder)
     loaded_after = [name for name in HEAVY if name in sys.modules]
