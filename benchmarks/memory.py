@@ -59,8 +59,34 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def live_tensors() -> tuple[int, float]:
+    """(count, MB) of the torch tensors the garbage collector can see (a leak shows as growth here)."""
+    import gc
+
+    import torch
+
+    count, nbytes, seen = 0, 0, set()
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and not obj.is_meta:
+            count += 1
+            storage = obj.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                nbytes += storage.nbytes()
+    return count, nbytes / MB
+
+
+def trimmed_rss_mb() -> float:
+    """RSS after glibc's ``malloc_trim(0)`` returns free heap pages to the system (Linux/glibc only)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mb()
+
+
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, diagnose: bool = False) -> None:
+        self.diagnose = diagnose
         self.rows: list[dict[str, Any]] = []
         self._last = rss_mb()
         self._start = time.perf_counter()
@@ -77,6 +103,16 @@ class Recorder:
             }
         )
         self._last = now
+        row = self.rows[-1]
+        if self.diagnose:
+            row["tensors"], row["tensor_mb"] = live_tensors()
+            row["tensor_mb"] = round(row["tensor_mb"], 1)
+            row["rss_after_trim_mb"] = round(trimmed_rss_mb(), 1)
+            self._last = rss_mb()
+            print(f"[memory]   {row}", file=sys.stderr, flush=True)
+        print(
+            f"[memory] {stage}: rss {row['rss_mb']} MB, peak {row['peak_mb']} MB", file=sys.stderr, flush=True
+        )
 
 
 def probe(recorder: Recorder, every: int) -> Any:
@@ -210,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--smoke", action="store_true", help="a few steps, tiny generation")
     parser.add_argument("--imports", action="store_true", help="also measure each heavy library's import")
     parser.add_argument("--no-test", action="store_true", help="fit only")
+    parser.add_argument(
+        "--diagnose", action="store_true", help="count live tensors and malloc_trim at every stage (slower)"
+    )
     parser.add_argument("--every", type=int, default=0, help="also mark every N training steps")
     parser.add_argument(
         "overrides", nargs="*", help="more CLI options, after --, e.g. -- --trainer.max_steps 40"
@@ -217,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = parser.parse_args(argv)
 
-    recorder = Recorder()
+    recorder = Recorder(args.diagnose)
     recorder.mark("python started")
     import hycam_pl.cli  # noqa: F401  (what `hycam` imports before parsing anything)
 
