@@ -261,10 +261,7 @@ class _GateApplication(torch.autograd.Function):
             delta = mixed if delta is None else delta + mixed
         product_dtype = torch.promote_types(attn.dtype, delta.dtype)
         grad_product = grad_out.to(product_dtype)
-        if product_dtype == attn.dtype:  # one pass instead of a product and a sum
-            grad_attn = torch.addcmul(grad_out, grad_product, delta)
-        else:
-            grad_attn = grad_out + (grad_product * delta).to(attn.dtype)
+        grad_attn = grad_out + (grad_product * delta).to(attn.dtype)
         grad_delta = (grad_product * attn).to(ctx.delta_dtype)
         grad_z = (
             torch.ops.aten.silu_backward(grad_delta, z) if ctx.has_z and ctx.needs_input_grad[1] else None
