@@ -17,9 +17,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import peft
 import torch
 from torch import nn
 
@@ -28,6 +27,9 @@ from hycam_pl.modulation import HyCAMConfig
 from hycam_pl.modulation.mixture import ATTENTION_PROJECTIONS
 from hycam_pl.modulation.persistence import AdapterError, base_identity, check_base_matches
 from hycam_pl.modulation.persistence import _expected_shapes as hycam_expected_shapes
+
+if TYPE_CHECKING:  # peft (~25 MB) is imported only when a peft method is built, not by every `hycam` run
+    import peft
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class PeftMethod(AdaptationMethod):
             warn_unused_hycam(kind, hycam)
         self.reference = hycam or HyCAMConfig()
         self.reference_label = "model.hycam" if hycam is not None else "HyCAMConfig defaults"
+        import peft
+
         self.config_class = peft.IA3Config if kind == "ia3" else peft.LoraConfig
         unknown = sorted(set(options) - _config_fields(self.config_class))
         if unknown:
@@ -108,6 +112,8 @@ class PeftMethod(AdaptationMethod):
         if self.match_parameters:
             overrides = self.match_rank(model)
         config = self.peft_config(**overrides)
+        import peft
+
         try:
             wrapped = peft.get_peft_model(model, config)
         except ValueError as error:  # e.g. target modules not found in the model
@@ -172,6 +178,8 @@ class PeftMethod(AdaptationMethod):
                 f"adapter {directory} was saved by method {meta.get('method')!r}, not {self.name!r}"
             )
         check_base_matches(model, meta, directory)
+        import peft
+
         return peft.PeftModel.from_pretrained(model, str(directory))
 
     def summary(self, model: nn.Module) -> dict[str, dict[str, int]]:

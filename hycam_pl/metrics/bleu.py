@@ -19,13 +19,16 @@ whole evaluation set, on one GPU or many, however it was batched.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from sacrebleu.metrics import BLEU
 from torch import Tensor
 
 from hycam_pl.metrics._inputs import check_string_pairs, nan_like
 from hycam_pl.metrics._pinned_dtype import PinnedDtypeMetric
+
+if TYPE_CHECKING:
+    from sacrebleu.metrics import BLEU
 
 BLEU_ORDER = 4
 """sacreBLEU's default maximum n-gram order; also the reference length below which BLEU is n/a."""
@@ -49,11 +52,21 @@ class SacreBLEU(PinnedDtypeMetric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.bleu = BLEU()  # sacreBLEU's defaults, nothing overridden
+        self._bleu: BLEU | None = None
         for name, shape in (("correct", (BLEU_ORDER,)), ("ngrams", (BLEU_ORDER,))):
             self.add_state(name, torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
         for name in ("sys_len", "ref_len", "long_references"):
             self.add_state(name, torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    @property
+    def bleu(self) -> BLEU:
+        """sacreBLEU's defaults, nothing overridden; built on first use, so runs that never score generations
+        do not import sacrebleu."""
+        if self._bleu is None:
+            from sacrebleu.metrics import BLEU
+
+            self._bleu = BLEU()
+        return self._bleu
 
     def update(self, predictions: Sequence[str], references: Sequence[str]) -> None:
         """Add one batch: its sacreBLEU statistics and how many of its references have 4+ tokens."""
@@ -72,16 +85,20 @@ class SacreBLEU(PinnedDtypeMetric):
         """sacreBLEU / 100 from the summed statistics; NaN when not applicable or without examples."""
         if self.long_references == 0:
             return nan_like(self.ref_len)
-        score = BLEU.compute_bleu(
-            correct=[int(c) for c in self.correct],
-            total=[int(t) for t in self.ngrams],
-            sys_len=int(self.sys_len),
-            ref_len=int(self.ref_len),
-            smooth_method=self.bleu.smooth_method,
-            smooth_value=self.bleu.smooth_value,
-            effective_order=self.bleu.effective_order,
-            max_ngram_order=self.bleu.max_ngram_order,
-        ).score
+        score = (
+            type(self.bleu)
+            .compute_bleu(
+                correct=[int(c) for c in self.correct],
+                total=[int(t) for t in self.ngrams],
+                sys_len=int(self.sys_len),
+                ref_len=int(self.ref_len),
+                smooth_method=self.bleu.smooth_method,
+                smooth_value=self.bleu.smooth_value,
+                effective_order=self.bleu.effective_order,
+                max_ngram_order=self.bleu.max_ngram_order,
+            )
+            .score
+        )
         return torch.tensor(score / 100.0, dtype=torch.float64, device=self.ref_len.device)
 
 

@@ -25,14 +25,17 @@ per-example F-measures, the example count and the count of long-enough reference
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from rouge_score.rouge_scorer import RougeScorer
-from rouge_score.tokenizers import DefaultTokenizer
 from torch import Tensor
 
 from hycam_pl.metrics._inputs import check_string_pairs, nan_like
 from hycam_pl.metrics._pinned_dtype import PinnedDtypeMetric
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
+    from rouge_score.tokenizers import DefaultTokenizer
 
 ROUGE_KEYS: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
 ROUGE_MIN_TOKENS: dict[str, int] = {"rouge1": 1, "rouge2": 2, "rougeL": 1}
@@ -57,8 +60,7 @@ class RougeF1(PinnedDtypeMetric):
     def __init__(self, use_stemmer: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.use_stemmer = bool(use_stemmer)
-        self.tokenizer = DefaultTokenizer(use_stemmer=self.use_stemmer)
-        self.scorer = RougeScorer(list(ROUGE_KEYS), tokenizer=self.tokenizer)
+        self._scorer: tuple[DefaultTokenizer, RougeScorer] | None = None
         self.add_state(
             "fmeasure_sum", torch.zeros(len(ROUGE_KEYS), dtype=torch.float64), dist_reduce_fx="sum"
         )
@@ -66,6 +68,24 @@ class RougeF1(PinnedDtypeMetric):
         self.add_state(
             "long_references", torch.zeros(len(ROUGE_KEYS), dtype=torch.long), dist_reduce_fx="sum"
         )
+
+    def _built(self) -> tuple[DefaultTokenizer, RougeScorer]:
+        """Built on first use, so runs that never score generations do not import rouge_score and nltk."""
+        if self._scorer is None:
+            from rouge_score.rouge_scorer import RougeScorer
+            from rouge_score.tokenizers import DefaultTokenizer
+
+            tokenizer = DefaultTokenizer(use_stemmer=self.use_stemmer)
+            self._scorer = (tokenizer, RougeScorer(list(ROUGE_KEYS), tokenizer=tokenizer))
+        return self._scorer
+
+    @property
+    def tokenizer(self) -> DefaultTokenizer:
+        return self._built()[0]
+
+    @property
+    def scorer(self) -> RougeScorer:
+        return self._built()[1]
 
     def update(self, predictions: Sequence[str], references: Sequence[str]) -> None:
         """Add one batch of (prediction, single reference) pairs."""

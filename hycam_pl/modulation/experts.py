@@ -150,52 +150,76 @@ def _selected_preactivation(
     return out
 
 
+def selected_mix_forward(
+    middle: torch.Tensor,
+    gates: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor,
+) -> tuple[torch.Tensor, tuple]:
+    """The forward of :class:`_SelectedExpertMix`: (output, what :func:`selected_mix_backward` needs).
+
+    Shared with the fused gate application in ``layer.py``, which keeps ``pre`` instead of the output."""
+    dtype = _compute_dtype(middle)
+    dtypes = (middle.dtype, weight.dtype, None if bias is None else bias.dtype)
+    with _autocast_off(middle):
+        middle, weight, bias = middle.to(dtype), weight.to(dtype), _cast(bias, dtype)
+        pre = _selected_preactivation(middle, weight, bias, index)
+        out = _selected_output(gates, index, pre)
+    return out, (dtypes, middle, gates, weight, bias, index, pre)
+
+
+def _selected_output(gates: torch.Tensor, index: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    return gates.gather(1, index[:, None]).to(pre.dtype) * F.silu(pre)
+
+
+def selected_mix_backward(
+    grad_out: torch.Tensor, saved: tuple, needs: tuple[bool, bool, bool, bool]
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of (middle, gates, weight, bias) given ``saved`` from :func:`selected_mix_forward`."""
+    (middle_dtype, weight_dtype, bias_dtype), middle, gates, weight, bias, index, pre = saved
+    num_experts, tokens = weight.shape[0], middle.shape[1]
+    grad_middle = grad_gates = grad_weight = grad_bias = None
+    with _autocast_off(middle):
+        grad_out = grad_out.to(pre.dtype)
+        if needs[1]:
+            # Every expert's output, one at a time, only to dot it with the incoming gradient.
+            grad_gates = torch.empty(tokens, num_experts, dtype=gates.dtype, device=gates.device)
+            for k in range(num_experts):
+                pre_k = middle[k] @ weight[k] if bias is None else torch.addmm(bias[k], middle[k], weight[k])
+                grad_gates[:, k] = (grad_out * F.silu(pre_k)).sum(-1).to(gates.dtype)
+        if needs[0] or needs[2] or needs[3]:
+            sig = torch.sigmoid(pre)
+            selected_gate = gates.gather(1, index[:, None]).to(pre.dtype)
+            grad_pre = grad_out * selected_gate * (sig * (1 + pre * (1 - sig)))  # d SiLU
+            grad_middle = torch.zeros_like(middle)
+            grad_weight = torch.zeros_like(weight)
+            grad_bias = None if bias is None else torch.zeros_like(bias)
+            for k, positions in _expert_groups(index, num_experts):
+                g = grad_pre[positions]
+                grad_weight[k] = middle[k, positions].T @ g
+                grad_middle[k, positions] = g @ weight[k].T
+                if grad_bias is not None:
+                    grad_bias[k] = g.sum(0)
+            grad_middle = grad_middle.to(middle_dtype)
+            grad_weight = grad_weight.to(weight_dtype)
+            grad_bias = None if grad_bias is None else grad_bias.to(bias_dtype)
+    return grad_middle, grad_gates, grad_weight, grad_bias
+
+
 class _SelectedExpertMix(torch.autograd.Function):
     """``out_t = g[t, index_t] * SiLU(middle[index_t, t] W[index_t] + b[index_t])`` with the gradient of the dense
     ``sum_k g_k SiLU(middle_k W_k + b_k)`` (equal because the non-selected gate values are exactly 0)."""
 
     @staticmethod
     def forward(ctx, middle, gates, weight, bias, index):  # type: ignore[override]
-        dtype = _compute_dtype(middle)
-        ctx.dtypes = (middle.dtype, weight.dtype, None if bias is None else bias.dtype)
-        with _autocast_off(middle):
-            middle, weight, bias = middle.to(dtype), weight.to(dtype), _cast(bias, dtype)
-            pre = _selected_preactivation(middle, weight, bias, index)
-            selected_gate = gates.gather(1, index[:, None])
-            out = selected_gate.to(dtype) * F.silu(pre)
-        ctx.save_for_backward(middle, gates, weight, bias, index, pre)
+        out, saved = selected_mix_forward(middle, gates, weight, bias, index)
+        ctx.dtypes = saved[0]
+        ctx.save_for_backward(*saved[1:])
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        middle, gates, weight, bias, index, pre = ctx.saved_tensors
-        middle_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        num_experts, tokens = weight.shape[0], middle.shape[1]
-        grad_middle = grad_gates = grad_weight = grad_bias = None
-        with _autocast_off(middle):
-            grad_out = grad_out.to(pre.dtype)
-            if ctx.needs_input_grad[1]:
-                # Every expert's output, one at a time, only to dot it with the incoming gradient.
-                grad_gates = torch.empty(tokens, num_experts, dtype=gates.dtype, device=gates.device)
-                for k in range(num_experts):
-                    pre_k = (
-                        middle[k] @ weight[k] if bias is None else torch.addmm(bias[k], middle[k], weight[k])
-                    )
-                    grad_gates[:, k] = (grad_out * F.silu(pre_k)).sum(-1).to(gates.dtype)
-            if any(ctx.needs_input_grad[i] for i in (0, 2, 3)):
-                sig = torch.sigmoid(pre)
-                selected_gate = gates.gather(1, index[:, None]).to(pre.dtype)
-                grad_pre = grad_out * selected_gate * (sig * (1 + pre * (1 - sig)))  # d SiLU
-                grad_middle = torch.zeros_like(middle)
-                grad_weight = torch.zeros_like(weight)
-                grad_bias = None if bias is None else torch.zeros_like(bias)
-                for k, positions in _expert_groups(index, num_experts):
-                    g = grad_pre[positions]
-                    grad_weight[k] = middle[k, positions].T @ g
-                    grad_middle[k, positions] = g @ weight[k].T
-                    if grad_bias is not None:
-                        grad_bias[k] = g.sum(0)
-                grad_middle = grad_middle.to(middle_dtype)
-                grad_weight = grad_weight.to(weight_dtype)
-                grad_bias = None if grad_bias is None else grad_bias.to(bias_dtype)
-        return grad_middle, grad_gates, grad_weight, grad_bias, None
+        saved = (ctx.dtypes, *ctx.saved_tensors)
+        needs = tuple(ctx.needs_input_grad[:4])
+        return (*selected_mix_backward(grad_out, saved, needs), None)

@@ -17,7 +17,7 @@ from torch import nn
 
 from hycam_pl.modulation.balance import LayerRouting, attach_balance_gradient
 from hycam_pl.modulation.config import HyCAMConfig
-from hycam_pl.modulation.experts import StackedExperts
+from hycam_pl.modulation.experts import StackedExperts, selected_mix_backward, selected_mix_forward
 from hycam_pl.modulation.router import GumbelRouter, Routing
 
 if TYPE_CHECKING:
@@ -64,10 +64,7 @@ class ContextualModulation(nn.Module):
 
     def modulation_delta(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:
         """x: (..., d) -> (D with x's leading shape, routing of the flattened tokens or None)."""
-        param = next(self.parameters())
-        flat = x.reshape(-1, x.shape[-1])
-        if not torch.is_autocast_enabled(flat.device.type):
-            flat = flat.to(param.dtype)
+        flat = self._flat_input(x)
         delta = self.shared(flat) if self.shared is not None else None
         routing = None
         if self.experts is not None:
@@ -75,6 +72,38 @@ class ContextualModulation(nn.Module):
             mixed = self.experts.mix(flat, routing.gates, routing.index)
             delta = mixed if delta is None else delta + mixed
         return delta.view(*x.shape[:-1], delta.shape[-1]), routing
+
+    def _flat_input(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if not torch.is_autocast_enabled(flat.device.type):
+            flat = flat.to(next(self.parameters()).dtype)
+        return flat
+
+    def _modulate(self, x: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:
+        """``a * M(x)`` (``apply_to`` the attention output) and the routing (or None).
+
+        In training with hard routing (or CAM alone) one fused function applies the gate and keeps for backward
+        only the attention output, the shared CAM's pre-activation and the selected experts' pre-activation,
+        recomputing ``D`` (SiLU and the gate sum) in backward; the plain graph also keeps ``D``, one more
+        (tokens, d) tensor per layer. Outputs and gradients equal the plain ones (tests/modulation/test_fused_gate.py).
+        """
+        if not (torch.is_grad_enabled() and self.training):
+            delta, routing = self.modulation_delta(x)
+            return attn + (attn * delta).to(attn.dtype), routing  # a * M, exact when D == 0
+        flat = self._flat_input(x)
+        pre_shared = self.shared.linear(flat) if self.shared is not None else None
+        routing = self.router(flat) if self.experts is not None else None
+        if routing is not None and routing.index is None:  # soft routing: the dense mixture, plain graph
+            mixed = self.experts.mix(flat, routing.gates)
+            delta = mixed if pre_shared is None else F.silu(pre_shared) + mixed
+            return attn + (attn * delta.view(*x.shape[:-1], delta.shape[-1])).to(attn.dtype), routing
+        experts: tuple = (None,) * 5
+        if routing is not None:
+            middle = self.experts.middle(flat)
+            up_weight, up_bias = self.experts.scaled_up()
+            experts = (middle, routing.gates, up_weight, up_bias, routing.index)
+        out = _GateApplication.apply(attn.reshape(flat.shape[0], -1), pre_shared, *experts)
+        return out.view(attn.shape), routing
 
     # ----------------------------------------------------------------------------------------------- hooks
     def _capture_attention_input(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -96,12 +125,12 @@ class ContextualModulation(nn.Module):
         attn = output[0] if isinstance(output, tuple) else output
         record = self._state.record_for_forward() if self._state is not None else None
         token_mask = flat_token_mask(record.token_mask if record else None, x.shape[:-1], self.layer_index)
-        delta, routing = self.modulation_delta(x)
         if self.apply_to == "residual_sum":
+            delta, routing = self.modulation_delta(x)
             residual, self._residual = self._residual, None
             modulated = attn + ((residual + attn) * delta).to(attn.dtype)  # (h + a) * M - h
         else:
-            modulated = attn + (attn * delta).to(attn.dtype)  # a * M, exact when D == 0
+            modulated, routing = self._modulate(x, attn)
         if routing is not None and record is not None:
             modulated = self._record_routing(modulated, routing, token_mask, x.shape[0], record)
         if isinstance(output, tuple):
@@ -196,3 +225,48 @@ def flat_token_mask(
         )
     # With a KV cache the mask spans past + new tokens; the hidden states are the newest ``length``.
     return mask[:, -length:].reshape(-1).bool()
+
+
+class _GateApplication(torch.autograd.Function):
+    """``a + a * D`` with ``D = SiLU(z) + g_sel * SiLU(pre)`` (either term optional), saving ``a``, ``z`` and the
+    selected experts' inputs but not ``D``: backward recomputes it (two SiLUs, cheap next to the matmuls).
+
+    Inputs: attn (tokens, d); z, the shared CAM's pre-activation (tokens, d) or None; then the selected-expert
+    mix's ``middle, gates, up_weight, up_bias, index`` (see :func:`selected_mix_forward`) or five Nones.
+    """
+
+    @staticmethod
+    def forward(ctx, attn, z, middle, gates, up_weight, up_bias, index):  # type: ignore[override]
+        delta = F.silu(z) if z is not None else None
+        mix_saved = None
+        if index is not None:
+            mixed, mix_saved = selected_mix_forward(middle, gates, up_weight, up_bias, index)
+            delta = mixed if delta is None else delta + mixed
+        ctx.has_z, ctx.has_mix = z is not None, mix_saved is not None
+        ctx.mix_dtypes = mix_saved[0] if mix_saved is not None else None
+        ctx.delta_dtype = delta.dtype
+        ctx.save_for_backward(attn, z, *(mix_saved[1:] if mix_saved is not None else ()))
+        return attn + (attn * delta).to(attn.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        attn, z, *mix = ctx.saved_tensors
+        mix_saved = (ctx.mix_dtypes, *mix) if ctx.has_mix else None
+        # Recompute D exactly as forward did.
+        delta = F.silu(z) if ctx.has_z else None
+        if mix_saved is not None:
+            _, _, gates, _, _, index, pre = mix_saved
+            with torch.autocast(pre.device.type, enabled=False):
+                mixed = gates.gather(1, index[:, None]).to(pre.dtype) * F.silu(pre)
+            delta = mixed if delta is None else delta + mixed
+        product_dtype = torch.promote_types(attn.dtype, delta.dtype)
+        grad_product = grad_out.to(product_dtype)
+        grad_attn = grad_out + (grad_product * delta).to(attn.dtype)
+        grad_delta = (grad_product * attn).to(ctx.delta_dtype)
+        grad_z = (
+            torch.ops.aten.silu_backward(grad_delta, z) if ctx.has_z and ctx.needs_input_grad[1] else None
+        )
+        grads_mix: tuple = (None,) * 4
+        if mix_saved is not None and any(ctx.needs_input_grad[2:6]):
+            grads_mix = selected_mix_backward(grad_delta, mix_saved, tuple(ctx.needs_input_grad[2:6]))
+        return grad_attn, grad_z, *grads_mix, None

@@ -50,6 +50,11 @@ class ModulationState:
 
     # Hooks on the module that owns the decoder layers: one record per forward of the decoder.
     def _start_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if self.current is not None:
+            # The previous record's anchor carries its graph, whose balance nodes hold the record: a cycle
+            # through autograd's C++ nodes that Python's collector cannot see, which kept every training
+            # step's record and graph nodes alive. Backward needs the record, not the anchor.
+            self.current.anchor = None
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         self.current = ForwardRecord(
             token_mask=mask if isinstance(mask, torch.Tensor) else None,

@@ -7,12 +7,12 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
 from hycam_pl.backbone import load_backbone
 from hycam_pl.methods import build_method
@@ -522,7 +522,7 @@ class MultiTaskLM(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(math.ceil(hp.warmup_ratio * total))
-        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        scheduler = cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -------------------------------------------------------------------------------------- checkpoints
@@ -593,6 +593,21 @@ class MultiTaskLM(L.LightningModule):
             return None
         log_dir = trainer.log_dir
         return log_dir if log_dir else trainer.default_root_dir
+
+
+def cosine_schedule_with_warmup(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``transformers.get_cosine_schedule_with_warmup`` (half a cosine), the same function of the step, without
+    importing ``transformers.optimization``, which imports peft and accelerate (~25 MB) into every run."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_cosine_factor, warmup=warmup, total=total))
+
+
+def _cosine_factor(step: int, *, warmup: int, total: int) -> float:
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
 
 
 def _rng_state() -> dict[str, Any]:

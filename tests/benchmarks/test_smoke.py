@@ -43,3 +43,15 @@ def test_data_benchmark_smoke():
     padding = report["padding"]
     assert padding["length_grouping=16"]["padded_fraction"] < padding["length_grouping=0"]["padded_fraction"]
     assert report["ms_per_step"]["bare"] > 0 and report["ms_per_step"]["lightning"] > 0
+
+
+@pytest.mark.slow
+def test_memory_benchmark_smoke(tmp_path):
+    report = load("memory").main(["--smoke", "--out", str(tmp_path / "memory")])
+    stages = [row["stage"] for row in report["stages"]]
+    assert "fit: first training step" in stages and "test: loss, generation, scores, figures" in stages
+    assert report["peak_mb"] >= 0.95 * max(row["rss_mb"] for row in report["stages"]) > 0
+    assert "ray" not in report["heavy_modules_after_run"]  # fit and test never import the sweep machinery
+    assert (tmp_path / "memory.json").is_file() and "| import hycam_pl.cli |" in (
+        tmp_path / "memory.md"
+    ).read_text()
