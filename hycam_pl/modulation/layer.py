@@ -79,7 +79,7 @@ class ContextualModulation(nn.Module):
             flat = flat.to(next(self.parameters()).dtype)
         return flat
 
-    def _modulate(self, x: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:
+    def modulate(self, x: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:
         """``a * M(x)`` (``apply_to`` the attention output) and the routing (or None).
 
         In training with hard routing (or CAM alone) one fused function applies the gate and keeps for backward
@@ -130,7 +130,7 @@ class ContextualModulation(nn.Module):
             residual, self._residual = self._residual, None
             modulated = attn + ((residual + attn) * delta).to(attn.dtype)  # (h + a) * M - h
         else:
-            modulated, routing = self._modulate(x, attn)
+            modulated, routing = self.modulate(x, attn)
         if routing is not None and record is not None:
             modulated = self._record_routing(modulated, routing, token_mask, x.shape[0], record)
         if isinstance(output, tuple):

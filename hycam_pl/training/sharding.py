@@ -35,7 +35,8 @@ from hycam_pl.backbone import DTYPES, backbone_config
 log = logging.getLogger(__name__)
 
 # Methods that trainable modules run instead of ``forward`` (FSDP2 must gather their shards around them).
-FORWARD_METHODS = ("modulation_delta", "mix")
+# Methods the modulation hooks call on an FSDP2 unit instead of forward(): each must unshard the unit first.
+FORWARD_METHODS = ("modulation_delta", "modulate", "mix")
 CONTAINERS = (nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList)
 GPU_ONLY = {"deepspeed": "DeepSpeed", "fsdp": "Lightning's fsdp (FSDP1)"}
 

@@ -53,7 +53,7 @@ def step(model):
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_fused_matches_plain_in_training_and_eval(monkeypatch, config, checkpointing):
     loss, grads, logits = step(modulated(config, checkpointing))
-    monkeypatch.setattr(ContextualModulation, "_modulate", plain_modulate)
+    monkeypatch.setattr(ContextualModulation, "modulate", plain_modulate)
     plain_loss, plain_grads, plain_logits = step(modulated(config, checkpointing))
     torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
     torch.testing.assert_close(logits, plain_logits, rtol=0, atol=0)
@@ -73,7 +73,7 @@ def test_fused_under_bf16_autocast_matches_plain(monkeypatch):
         return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
     loss, grads = run()
-    monkeypatch.setattr(ContextualModulation, "_modulate", plain_modulate)
+    monkeypatch.setattr(ContextualModulation, "modulate", plain_modulate)
     plain_loss, plain_grads = run()
     torch.testing.assert_close(loss, plain_loss)
     for name in grads:  # the same bf16 ops in the same order
@@ -99,7 +99,7 @@ def saved_bytes(model) -> int:
 
 def test_fused_keeps_one_hidden_sized_tensor_less_per_layer(monkeypatch):
     fused = saved_bytes(modulated("hycam", None))
-    monkeypatch.setattr(ContextualModulation, "_modulate", plain_modulate)
+    monkeypatch.setattr(ContextualModulation, "modulate", plain_modulate)
     plain = saved_bytes(modulated("hycam", None))
     tokens, hidden, layers = 4 * 32, 32, 3
     # D (float32) in every layer but the first: its attention output needs no gradient, so the plain graph does
