@@ -22,9 +22,10 @@ SWEEP = {
 EXPECTED_EXPERTS = {**{f"num_experts={k}": k for k in (0, 1, 2, 4, 8)}, "method=cam": 0}
 
 
-# Ablations that fix the very structure an expert-count sweep varies are not swept over (cam_only pins K = 0 and
-# no_shared_cam with K = 0 would leave nothing to train, which is refused with an error).
-STRUCTURAL_ABLATIONS = {"cam_only", "no_shared_cam"}
+# Configs that fix the very structure an expert-count sweep varies are not swept over: plain-CAM configs
+# (smollm2/cam.yaml, the cam_only ablation) pin K = 0, and no_shared_cam with K = 0 would leave nothing to train,
+# which is refused with an error.
+STRUCTURAL_ABLATIONS = {"cam_only", "no_shared_cam", "cam"}
 SWEEPABLE = [files for files in shipped_configs() if files[-1].stem not in STRUCTURAL_ABLATIONS]
 
 
