@@ -22,6 +22,6 @@ if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('l
 fi
 # DeepSpeed needs torch in its build environment: reuse ours instead of letting pip fetch a CUDA torch.
 if ! python -c "import deepspeed" >/dev/null 2>&1; then
-  DS_BUILD_OPS=0 python -m pip install --quiet --no-build-isolation -e ".[deepspeed]" \
+  DS_BUILD_OPS=0 python -m pip install --quiet --no-build-isolation "deepspeed>=0.15" \
     || echo "setup: DeepSpeed could not be installed; the deepspeed strategies will be refused clearly" >&2
 fi
