@@ -1,4 +1,4 @@
-"""Through the Lightning stack: resuming a LoRA or a MoLoRA run is bit-identical on CPU, and
+"""Through the Lightning stack: resuming a run of every baseline is bit-identical on CPU, and
 ``hycam fit -c configs/tiny.yaml --model.method <m>`` trains and exports a reloadable adapter for every method."""
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from tests.tiny import tiny_byte_llama
 from tests.training.conftest import tiny_quickstart
 from tests.training.test_resume import Interrupt, InterruptAt, trainer
 
-OPTIONS = {"lora": {"r": 4}, "molora": {"num_experts": 3, "r": 4}}
+OPTIONS = {
+    "lora": {"r": 4},
+    "dora": {"r": 4},
+    "ia3": {},
+    "molora": {"num_experts": 3, "r": 4},
+    "hydralora": {"num_experts": 3, "r": 4},
+}
 
 
 def build(tmp_path, method):
@@ -42,7 +48,8 @@ def trained(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("method", ["lora", "molora"])  # peft's dropout RNG; the mixture's Gumbel noise
+# Every baseline (hycam and cam: tests/training/test_resume.py); peft's dropout RNG, the mixtures' Gumbel noise
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "molora", "hydralora"])
 def test_resume_is_bit_identical(tmp_path, method) -> None:
     model, data = build(tmp_path, method)
     trainer(tmp_path, "straight").fit(model, data)
