@@ -7,16 +7,17 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hycam_pl.sweeps import runner
 from hycam_pl.sweeps.runner import plan, prepare, run_sweep
-from hycam_pl.sweeps.spec import load_sweep
+from hycam_pl.sweeps.spec import SweepError, load_sweep
 
 
-def _spec(tmp_path: Path, output: Path):
+def _spec(tmp_path: Path, output: Path, max_steps: int = 1):
     (tmp_path / "base.yaml").write_text(
-        yaml.safe_dump({"model": {"hycam": {"num_experts": 2}}, "trainer": {"max_steps": 1}})
+        yaml.safe_dump({"model": {"hycam": {"num_experts": 2}}, "trainer": {"max_steps": max_steps}})
     )
     (tmp_path / "sweep.yaml").write_text(
         yaml.safe_dump(
@@ -48,6 +49,9 @@ def test_finished_trial_counts_after_the_sweep_directory_moved(tmp_path: Path) -
         "num_experts=2-seed=0": "pending",
         "num_experts=2-seed=1": "pending",
     }
+    edited = _spec(tmp_path, tmp_path / "b" / "out", max_steps=2)  # a real change is still refused
+    with pytest.raises(SweepError, match="finished in .* with a different config"):
+        plan(edited, edited.output)
 
 
 def test_unfinished_trials_run_seed_major(tmp_path: Path, monkeypatch) -> None:
