@@ -66,7 +66,13 @@ def plan(spec: SweepSpec, sweep_dir: Path, retry_failed: bool = False) -> list[P
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    """The config as text with its own trial directory (an absolute path) written as ``<trial>``, so that
+    trials finished in another checkout or clone (committed results) count as the same trials here."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    root = value.get("trainer", {}).get("default_root_dir") if isinstance(value, dict) else None
+    if isinstance(root, str) and root:
+        text = text.replace(json.dumps(root)[1:-1], "<trial>")
+    return text
 
 
 def prepare(spec: SweepSpec, item: PlannedTrial) -> None:
@@ -231,6 +237,9 @@ def run_sweep(
     sweep_dir = spec.output if spec.output.is_absolute() else cwd / spec.output
     planned = plan(spec, sweep_dir, retry_failed)
     to_run = [] if aggregate_only else [p for p in planned if p.status == "pending"]
+    # Seed-major: every grid point's first seed runs before any second seed, so an interrupted sweep has
+    # covered the whole grid once (stable sort: variants and grid points keep the sweep file's order).
+    to_run.sort(key=lambda p: spec.seeds.index(p.trial.seed))
     done = sum(p.status == "done" for p in planned)
     failed = sum(p.status == "failed" for p in planned)
     print(
