@@ -14,7 +14,7 @@ def test_rouge_stemmer_option_reaches_every_task_metric(generation, stemmed):
     model = MultiTaskLM(tiny_byte_llama(), method="cam", generation=generation)
     assert model.hparams["generation"]["rouge_stemmer"] is stemmed  # saved, so a reloaded run scores alike
     data = SimpleNamespace(task_names=("qa", "code"), tokenizer=load_tokenizer("byte"), scorers={})
-    model._trainer = SimpleNamespace(datamodule=data)
+    model._trainer = SimpleNamespace(datamodule=data, strategy=None)  # the parts of a Trainer setup reads
     model.setup("test")
     for metrics in (model.val_metrics, model.test_metrics):
         assert [metrics.generation[task].rouge.use_stemmer for task in data.task_names] == [stemmed] * 2
