@@ -70,3 +70,20 @@ def batch(batch_size: int = 2, length: int = 9, vocab: int = 96, seed: int = 0, 
 @pytest.fixture
 def llama():
     return tiny_model("llama")
+
+
+def train_and_eval_step(model):
+    """One training step (fixed Gumbel noise, task + balance loss) then an evaluation forward on ``batch()``:
+    (loss, gradients, eval logits), to compare two implementations of the same model."""
+    from hycam_pl import balance_loss
+
+    input_ids, mask = batch()
+    model.train()
+    torch.manual_seed(3)  # the same Gumbel noise for both
+    out = model(input_ids=input_ids, attention_mask=mask, labels=input_ids)
+    (out.loss + 0.01 * balance_loss(model)).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+    return out.loss.detach(), grads, logits

@@ -5,10 +5,10 @@ evaluation, under every activation-checkpointing mode, and keeps less for backwa
 import pytest
 import torch
 
-from hycam_pl import HyCAMConfig, attach, balance_loss
+from hycam_pl import HyCAMConfig, attach
 from hycam_pl.modulation.layer import ContextualModulation
 
-from .conftest import batch, randomize_adapter, tiny_model
+from .conftest import batch, randomize_adapter, tiny_model, train_and_eval_step
 
 CONFIGS = {
     "hycam": dict(num_experts=4, rank=4),
@@ -36,25 +36,12 @@ def modulated(config, checkpointing):
     return model
 
 
-def step(model):
-    input_ids, mask = batch()
-    model.train()
-    torch.manual_seed(3)  # the same Gumbel noise for both
-    out = model(input_ids=input_ids, attention_mask=mask, labels=input_ids)
-    (out.loss + 0.01 * balance_loss(model)).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.eval()
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-    return out.loss.detach(), grads, logits
-
-
 @pytest.mark.parametrize("checkpointing", [None, "reentrant", "non_reentrant"])
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_fused_matches_plain_in_training_and_eval(monkeypatch, config, checkpointing):
-    loss, grads, logits = step(modulated(config, checkpointing))
+    loss, grads, logits = train_and_eval_step(modulated(config, checkpointing))
     monkeypatch.setattr(ContextualModulation, "modulate", plain_modulate)
-    plain_loss, plain_grads, plain_logits = step(modulated(config, checkpointing))
+    plain_loss, plain_grads, plain_logits = train_and_eval_step(modulated(config, checkpointing))
     torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
     torch.testing.assert_close(logits, plain_logits, rtol=0, atol=0)
     assert grads.keys() == plain_grads.keys() and any(".hycam." in n for n in grads)

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hycam_pl import HyCAMConfig, attach, balance_loss
+from hycam_pl import HyCAMConfig, attach
 from hycam_pl.modulation import experts as experts_module
 from hycam_pl.modulation.experts import StackedExperts
 
-from .conftest import batch, randomize_adapter, tiny_model
+from .conftest import randomize_adapter, tiny_model, train_and_eval_step
 
 
 def dense_mix(self, x, gates, index=None):
@@ -70,22 +70,9 @@ def modulated(checkpointing):
 
 @pytest.mark.parametrize("checkpointing", [None, "reentrant", "non_reentrant"])
 def test_model_training_and_eval_match_dense(monkeypatch, checkpointing):
-    input_ids, mask = batch()
-
-    def step(model):
-        model.train()
-        torch.manual_seed(3)  # the same Gumbel noise for both
-        out = model(input_ids=input_ids, attention_mask=mask, labels=input_ids)
-        (out.loss + 0.01 * balance_loss(model)).backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        model.eval()
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=mask).logits
-        return out.loss.detach(), grads, logits
-
-    loss, grads, logits = step(modulated(checkpointing))
+    loss, grads, logits = train_and_eval_step(modulated(checkpointing))
     monkeypatch.setattr(experts_module.StackedExperts, "mix", dense_mix)
-    dense_loss, dense_grads, dense_logits = step(modulated(checkpointing))
+    dense_loss, dense_grads, dense_logits = train_and_eval_step(modulated(checkpointing))
     torch.testing.assert_close(loss, dense_loss)
     torch.testing.assert_close(logits, dense_logits, rtol=1e-5, atol=1e-5)
     assert grads.keys() == dense_grads.keys() and any(".router." in n for n in grads)
