@@ -198,7 +198,11 @@ class MultiTaskLM(L.LightningModule):
         if hp.activation_checkpointing:
             reentrant = hp.activation_checkpointing == "reentrant"
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-        return model
+        # ``from_pretrained`` returns a model in eval mode, and Lightning (>= 2.2) keeps the modes it finds at
+        # the start of fit: without this, HyCAM's router would route by noise-free argmax during training
+        # (no Gumbel noise, no straight-through gradient: the router collapses) and peft's dropout would be
+        # off. Evaluation loops still switch to eval mode and back.
+        return model.train()
 
     def configure_model(self) -> None:
         configure_model(self)  # plain, FSDP2-sharded or (DeepSpeed) already built; idempotent
