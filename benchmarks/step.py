@@ -383,7 +383,33 @@ def markdown(report: dict) -> str:
     ]
     if refs:
         lines += ["", "; ".join(refs)]
-    return "\n".join(lines)
+    return "\n".join([*lines, *target_lines(report)])
+
+
+# The performance issue's targets: HyCAM K = 8 within this factor of LoRA's step, per shape (none for tiny), and
+# faster than the looped reference at K = 4 and 8 everywhere (by this factor on the GPU shape).
+LORA_TARGETS = {"small": 1.20, "qwen0.5b": 1.15}
+REFERENCE_TARGETS = {"qwen0.5b": 1.3}
+
+
+def target_lines(report: dict) -> list[str]:
+    """One line per target that this run measured: the ratio and whether it was met (and by how much not)."""
+    by_name = {r["variant"]: r for r in report["results"]}
+    lines = []
+    limit = LORA_TARGETS.get(report["shape"])
+    if limit is not None and "hycam_k8" in by_name and "lora_r8_qv" in by_name:
+        ratio = by_name["hycam_k8"]["vs_lora"]
+        verdict = "met" if ratio <= limit else f"MISSED by {ratio - limit:.2f}x"
+        lines.append(f"target: HyCAM K=8 <= {limit}x LoRA: {ratio:.2f}x, {verdict}")
+    floor = REFERENCE_TARGETS.get(report["shape"], 1.0)
+    for k in (4, 8):
+        speedup = by_name.get(f"hycam_k{k}", {}).get("reference_over_ours")
+        if speedup is not None:
+            verdict = "met" if speedup > floor else f"MISSED by {floor - speedup:.2f}x"
+            lines.append(
+                f"target: K={k} faster than the looped reference (> {floor}x): {speedup:.2f}x, {verdict}"
+            )
+    return [""] + lines if lines else []
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -51,7 +51,7 @@ from hycam_pl.modulation.persistence import (
     tensor_problems,
     write_adapter_files,
 )
-from hycam_pl.modulation.router import GumbelRouter, TopKSoftmaxRouter
+from hycam_pl.modulation.router import GumbelRouter, Routing, TopKSoftmaxRouter
 
 KINDS = ("molora", "hydralora")
 ROUTINGS = ("gumbel_top1", "softmax_topk")
@@ -177,10 +177,15 @@ class LayerRouter(nn.Module):
         self._state: ModulationState | None = None
         self.gates: torch.Tensor | None = None  # (tokens, K) of the layer's current forward
 
+    def forward(self, flat: torch.Tensor) -> Routing:
+        """Route ``flat`` (tokens, d). Called through ``self(...)`` from the hook, so wrappers that act on a
+        module's forward (FSDP2 gathering this unit's sharded parameters) see the call."""
+        return self.router(flat)
+
     def _route(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         flat = x.reshape(-1, x.shape[-1])
-        routing = self.router(flat)
+        routing = self(flat)
         self.gates = routing.gates
         record = self._state.record_for_forward() if self._state is not None else None
         if record is None:
@@ -234,6 +239,9 @@ class LoRAMixture(nn.Module):
         mixed = down.unsqueeze(1) * gates if self.shared_down else down.view(-1, k, r) * gates
         return (mixed.reshape(-1, k * r) @ self.lora_B.reshape(k * r, -1)) * self.scaling
 
+    def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        return self.delta(x, gates)
+
     def _add_delta(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         router: LayerRouter = self.__dict__["_router"]
         gates = router.gates
@@ -246,7 +254,7 @@ class LoRAMixture(nn.Module):
             )
         if not torch.is_autocast_enabled(flat.device.type):
             flat = flat.to(self.lora_A.dtype)
-        delta = self.delta(flat, gates)
+        delta = self(flat, gates)  # through forward: FSDP2 gathers this unit's parameters around the call
         return output + delta.view(*output.shape[:-1], delta.shape[-1]).to(output.dtype)
 
     def extra_repr(self) -> str:

@@ -27,13 +27,19 @@ from tests.training.objective_worker import datamodule
 
 GLOBAL_BATCH = 4
 STEPS = 4
+MIXTURES = ("molora", "hydralora")
 
 
 def model(method: str, deferred: bool = False) -> MultiTaskLM:
     """``deferred``: the model is built in ``configure_model`` (per rank, sharded), as the CLI does under FSDP2."""
     L.seed_everything(0)
+    # The mixtures route by soft top-k here (noise-free) and without the balance loss (each rank balances its
+    # own tokens, as in Switch Transformers), so 2 ranks and 1 process compute the same step.
+    options = {"routing": "softmax_topk", "balance_coef": 0.0} if method in MIXTURES else None
     with deferred_build() if deferred else nullcontext():
-        return MultiTaskLM(tiny_byte_llama(), method=method, learning_rate=1e-2, warmup_ratio=0.0)
+        return MultiTaskLM(
+            tiny_byte_llama(), method=method, method_options=options, learning_rate=1e-2, warmup_ratio=0.0
+        )
 
 
 def trainer(root: Path, devices: int, strategy: str, **kwargs) -> L.Trainer:
@@ -76,6 +82,10 @@ def main_fit(out: Path) -> None:
     fit(out, "ddp", 2, "ddp", "cam")
     fit(out, "fsdp2", 2, "fsdp2", "cam")
     fit(out, "fsdp2-hycam", 2, "fsdp2", "hycam")
+    # The mixture baselines act through hooks on the attention and its projections: their routers and LoRA
+    # mixtures are FSDP units whose parameters must be gathered around those hook calls too.
+    fit(out, "fsdp2-molora", 2, "fsdp2", "molora")
+    fit(out, "fsdp2-hydralora", 2, "fsdp2", "hydralora")
     checkpoint = out / "fsdp2-hycam" / "checkpoints" / "epoch=0-step=2.ckpt"
     lm = fit(out, "fsdp2-hycam-resumed", 2, "fsdp2", "hycam", ckpt=str(checkpoint))
     # Evaluation after fit re-runs configure_model (the model is already sharded) and generates collectively.

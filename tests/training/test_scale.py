@@ -63,7 +63,7 @@ def _weights(out: Path, run: str, rank: int) -> dict[str, torch.Tensor]:
     return torch.load(out / f"{run}-rank{rank}.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("run", ["ddp", "fsdp2", "fsdp2-hycam"])
+@pytest.mark.parametrize("run", ["ddp", "fsdp2", "fsdp2-hycam", "fsdp2-molora", "fsdp2-hydralora"])
 def test_both_ranks_hold_identical_adapter_weights(runs, run):
     first, second = _weights(runs, run, 0), _weights(runs, run, 1)
     assert first and first.keys() == second.keys()
@@ -71,8 +71,8 @@ def test_both_ranks_hold_identical_adapter_weights(runs, run):
         assert torch.equal(first[name], second[name]), name
 
 
-def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_path):
-    lm = model("cam")
+def _single_process_fit(method: str, runs: Path, root: Path) -> dict[str, torch.Tensor]:
+    lm = model(method)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -83,10 +83,14 @@ def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_p
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
+        default_root_dir=root,
     )
     trainer.fit(lm, datamodule=datamodule(GLOBAL_BATCH, runs / "cache"))
-    single = {n: p.detach() for n, p in lm.named_parameters() if p.requires_grad}
+    return {n: p.detach() for n, p in lm.named_parameters() if p.requires_grad}
+
+
+def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_path):
+    single = _single_process_fit("cam", runs, tmp_path)
     fresh = model("cam")
     initial = {n: p.detach() for n, p in fresh.named_parameters() if p.requires_grad}
     assert any(not torch.equal(single[n], initial[n]) for n in single), "training changed nothing"
@@ -95,6 +99,18 @@ def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_p
         assert weights.keys() == single.keys()
         for name, value in single.items():
             torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-6, msg=f"{run}: {name}")
+
+
+@pytest.mark.parametrize("method", ["molora", "hydralora"])
+def test_fsdp2_mixture_baselines_match_one_process(runs, tmp_path, method):
+    """MoLoRA / HydraLoRA route in hooks; sharded, they train exactly as in one process (soft top-k: no noise)."""
+    single = _single_process_fit(method, runs, tmp_path)
+    weights = _weights(runs, f"fsdp2-{method}", 0)
+    assert weights.keys() == single.keys()
+    initial = {n: p.detach() for n, p in model(method).named_parameters() if p.requires_grad}
+    assert any(not torch.equal(single[n], initial[n]) for n in single), "training changed nothing"
+    for name, value in single.items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-6, msg=f"{method}: {name}")
 
 
 def test_resumed_fsdp2_run_continues_exactly(runs):
