@@ -53,7 +53,8 @@ def build(shape: dict, experts: int | None) -> torch.nn.Module:
 
 def generate(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
-    with torch.no_grad():
+    # As hycam_pl generates (MultiTaskLM.generate_ids): no routing statistics for decoding steps.
+    with torch.no_grad(), hycam_pl.without_routing_records(model):
         out = model.generate(
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),

@@ -11,6 +11,7 @@ from hycam_pl.modulation import (
     read_adapter_config,
     routing_statistics,
     save_adapter,
+    without_routing_records,
 )
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "read_adapter_config",
     "routing_statistics",
     "save_adapter",
+    "without_routing_records",
 ]
 __version__ = "0.1.0"

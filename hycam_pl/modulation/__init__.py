@@ -17,6 +17,7 @@ from hycam_pl.modulation.model import (
     is_attached,
     modulated_layers,
     routing_statistics,
+    without_routing_records,
 )
 from hycam_pl.modulation.persistence import (
     AdapterError,
@@ -47,5 +48,6 @@ __all__ = [
     "read_adapter_config",
     "register_architecture",
     "routing_statistics",
+    "without_routing_records",
     "save_adapter",
 ]

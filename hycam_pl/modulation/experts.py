@@ -90,6 +90,9 @@ class StackedExperts(nn.Module):
         if index is None:
             expert_out = self(x)
             return torch.einsum("nk,knd->nd", gates.to(expert_out.dtype), expert_out)
+        inference = not (torch.is_grad_enabled() and (gates.requires_grad or self.weight_A.requires_grad))
+        if inference and x.shape[0] <= _GATHER_MAX_TOKENS and not torch.is_autocast_enabled(x.device.type):
+            return gates.gather(1, index[:, None]).to(x.dtype) * self.selected_few(x, index)
         middle = self.middle(x)
         up_weight, up_bias = self.scaled_up()
         if torch.is_grad_enabled() and any(
@@ -100,6 +103,21 @@ class StackedExperts(nn.Module):
         with _autocast_off(middle):
             pre = _selected_preactivation(middle.to(dtype), up_weight.to(dtype), _cast(up_bias, dtype), index)
             return gates.gather(1, index[:, None]).to(dtype) * F.silu(pre)
+
+    def selected_few(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``E_{index_t}(x_t)`` for a handful of tokens (generation), (tokens, d): each token gathers only its own
+        expert's three factors, instead of the stacked forms' copies of every expert's weights (``middle``'s
+        (d, K*r) layout, the scaled up-projection), which cost more than the arithmetic at one token per step."""
+        hidden = torch.bmm(x.unsqueeze(1), self.weight_A[index])  # (tokens, 1, r)
+        if self.bias_A is not None:
+            hidden = hidden + self.bias_A[index].unsqueeze(1)
+        hidden = torch.bmm(hidden, self.weight_N[index])
+        if self.bias_N is not None:
+            hidden = hidden + self.bias_N[index].unsqueeze(1)
+        pre = torch.bmm(hidden, self.weight_B[index]).squeeze(1)
+        if self.bias_B is not None:
+            pre = pre + self.bias_B[index]
+        return F.silu(pre * self.scaling)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, rank={self.rank}, scaling={self.scaling}"

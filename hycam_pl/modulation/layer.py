@@ -76,7 +76,10 @@ class ContextualModulation(nn.Module):
     def _flat_input(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         if not torch.is_autocast_enabled(flat.device.type):
-            flat = flat.to(next(self.parameters()).dtype)
+            # The first parameter, without walking the module tree (``next(self.parameters())`` costs more than
+            # the expert arithmetic at one token per step).
+            first = self.shared.linear.weight if self.shared is not None else self.experts.weight_A
+            flat = flat.to(first.dtype)
         return flat
 
     def modulate(self, x: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, Routing | None]:

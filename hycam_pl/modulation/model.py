@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -38,12 +40,15 @@ class ModulationState:
         self.requires_grad: dict[str, bool] = {}
         self.norm_originals: dict[str, torch.Tensor] = {}
         self.current: ForwardRecord | None = None
+        self.recording = True  # off inside ``without_routing_records`` (generation)
 
     @property
     def balance_scope(self) -> str:
         return self.config.balance_scope or DEFAULT_BALANCE_SCOPE
 
-    def record_for_forward(self) -> ForwardRecord:
+    def record_for_forward(self) -> ForwardRecord | None:
+        if not self.recording:
+            return None
         if self.current is None:
             self.current = ForwardRecord(scope=self.balance_scope)
         return self.current
@@ -55,6 +60,9 @@ class ModulationState:
             # through autograd's C++ nodes that Python's collector cannot see, which kept every training
             # step's record and graph nodes alive. Backward needs the record, not the anchor.
             self.current.anchor = None
+        if not self.recording:
+            self.current = None
+            return
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         self.current = ForwardRecord(
             token_mask=mask if isinstance(mask, torch.Tensor) else None,
@@ -250,6 +258,24 @@ def balance_loss(model: nn.Module) -> torch.Tensor:
         return torch.zeros((), device=device)
     training = any(module.training for module in modulated_layers(model).values())
     return differentiable_balance_loss(record, bool(state.config.balance_scale_by_experts), training)
+
+
+@contextmanager
+def without_routing_records(model: nn.Module) -> Iterator[None]:
+    """Forwards inside record no routing statistics (no balance loss, no telemetry; outputs unchanged).
+
+    For generation: nothing reads the statistics of a decoding step, and at one token per step computing them
+    costs more than the experts themselves. Models without HyCAM or a mixture are left as they are.
+    """
+    state = find_state(model, required=False)
+    if state is None:
+        yield
+        return
+    previous, state.recording = state.recording, False
+    try:
+        yield
+    finally:
+        state.recording = previous
 
 
 def routing_statistics(model: nn.Module) -> dict[int, LayerRouting]:

@@ -17,9 +17,21 @@ def gumbel_noise(logits: torch.Tensor) -> torch.Tensor:
 def float32_logits(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """Router logits in float32 even under autocast: the router is tiny, and bf16 logits make argmax ties and
     coarse softmax probabilities."""
+    if x.dtype == linear.weight.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+        return F.linear(
+            x, linear.weight, linear.bias
+        )  # already float32: skip the autocast context (per token)
     with torch.autocast(x.device.type, enabled=False):
         bias = None if linear.bias is None else linear.bias.float()
         return F.linear(x.float(), linear.weight.float(), bias)
+
+
+def one_hot(index: torch.Tensor, num_experts: int, dtype: torch.dtype) -> torch.Tensor:
+    """``F.one_hot(index, num_experts).to(dtype)`` without its range check (a min/max pass over ``index``, which
+    cannot fail here: ``index`` is an argmax over ``num_experts`` columns)."""
+    return torch.zeros(*index.shape, num_experts, dtype=dtype, device=index.device).scatter_(
+        -1, index.unsqueeze(-1), 1.0
+    )
 
 
 class Routing(NamedTuple):
@@ -57,13 +69,13 @@ class GumbelRouter(nn.Module):
             soft = ((logits + gumbel_noise(logits)) / self.tau).softmax(dim=-1)
             if self.hard:
                 index = soft.argmax(dim=-1)
-                hard = F.one_hot(index, self.num_experts).to(soft.dtype)
+                hard = one_hot(index, self.num_experts, soft.dtype)
                 gates = hard - soft.detach() + soft  # straight-through: value one-hot, gradient of ``soft``
                 return Routing(gates, probs, logits, index)
             return Routing(soft, probs, logits)
         if self.eval_routing == "argmax":
             index = logits.argmax(dim=-1)
-            return Routing(F.one_hot(index, self.num_experts).to(logits.dtype), probs, logits, index)
+            return Routing(one_hot(index, self.num_experts, logits.dtype), probs, logits, index)
         return Routing((logits / self.tau).softmax(dim=-1), probs, logits)
 
     def extra_repr(self) -> str:

@@ -17,7 +17,7 @@ import torch
 from hycam_pl.backbone import load_backbone
 from hycam_pl.methods import build_method
 from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_table, write_results
-from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics
+from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics, without_routing_records
 from hycam_pl.training.losses import LOSS_REDUCTIONS, per_example_nll, task_loss_terms
 from hycam_pl.training.resume import apply_optimizer_options, shape_mismatches
 from hycam_pl.training.sharding import (
@@ -439,7 +439,8 @@ class MultiTaskLM(L.LightningModule):
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
         if self._trainer is not None and needs_synced_generation(self.trainer):
             kwargs["synced_gpus"] = True  # sharded weights: every rank runs every step until all are done
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        with without_routing_records(self.model):
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new = output[:, input_ids.shape[1] :]
         is_eos = (new == tokenizer.eos_token_id).long()
         after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0
