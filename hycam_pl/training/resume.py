@@ -311,9 +311,12 @@ def _effective_hycam(method: Any, values: Any) -> HyCAMConfig | None:
         values = values["init_args"]
     config = HyCAMConfig.from_dict(dict(values)) if isinstance(values, Mapping) else values
     try:
-        return getattr(build_method(str(method), hycam=config), "config", None)
+        effective = getattr(build_method(str(method), hycam=config), "config", None)
     except (TypeError, ValueError):
-        return config
+        effective = config
+    # Only HyCAM's own config: other methods' configs (the mixtures' MixtureConfig) have other fields, and
+    # their weight-defining options are checked by the tensor shapes on load.
+    return effective if isinstance(effective, HyCAMConfig) else None
 
 
 def _same_backbone_value(key: str, saved: dict[str, Any], configured: dict[str, Any]) -> bool:

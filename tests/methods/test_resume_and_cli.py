@@ -69,10 +69,18 @@ def test_resume_is_bit_identical(tmp_path, method) -> None:
 def test_cli_fit_switches_method_with_one_option(tmp_path, monkeypatch, method) -> None:
     config = tiny_quickstart(tmp_path, max_steps=2, val_every=2, num_examples=8)
     monkeypatch.chdir(tmp_path)
+    # As the method sweep writes it: the methods without HyCAM options drop model.hycam.
+    options = ["--model.method", method, *([] if method in ("hycam", "cam") else ["--model.hycam", "null"])]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out:
-        warnings.simplefilter("ignore")  # model.hycam of tiny.yaml is ignored by the other methods
-        main(["fit", "-c", str(config), "--model.method", method, "--trainer.limit_val_batches", "1"])
+        warnings.simplefilter("ignore")  # model.hycam of tiny.yaml is ignored by cam
+        main(["fit", "-c", str(config), *options, "--trainer.limit_val_batches", "1"])
+        main(
+            ["test", "-c", str(config), *options, "--ckpt_path", "last", "--trainer.limit_test_batches", "1"]
+        )
     assert f"hycam_pl model summary ({method})" in out.getvalue()
+    assert (
+        tmp_path / "runs" / "tiny" / "version_1" / "results.json"
+    ).is_file()  # the test run scored the fit
     run = tmp_path / "runs" / "tiny" / "version_0"
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     adapter = run / "adapter"
