@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import yaml
@@ -25,7 +24,7 @@ from hycam_pl.training.sharding import check_strategy, trainable_units
 
 from .conftest import REPO, run_cli, tiny_quickstart
 from .objective_worker import datamodule
-from .scale_worker import GLOBAL_BATCH, STEPS, model
+from .scale_worker import GLOBAL_BATCH, model, trainer
 
 TRAINER_CONFIGS = REPO / "configs" / "trainer"
 GPU_ONLY = [
@@ -73,19 +72,7 @@ def test_both_ranks_hold_identical_adapter_weights(runs, run):
 
 def _single_process_fit(method: str, runs: Path, root: Path) -> dict[str, torch.Tensor]:
     lm = model(method)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=STEPS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-    )
-    trainer.fit(lm, datamodule=datamodule(GLOBAL_BATCH, runs / "cache"))
+    trainer(root, 1, "auto").fit(lm, datamodule=datamodule(GLOBAL_BATCH, runs / "cache"))
     return {n: p.detach() for n, p in lm.named_parameters() if p.requires_grad}
 
 
