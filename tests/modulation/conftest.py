@@ -6,6 +6,8 @@ import pytest
 import torch
 import transformers
 
+from hycam_pl import HyCAMConfig, attach
+
 FAMILIES = {
     "llama": transformers.LlamaConfig,
     "mistral": transformers.MistralConfig,
@@ -87,3 +89,17 @@ def train_and_eval_step(model):
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=mask).logits
     return out.loss.detach(), grads, logits
+
+
+def modulated_model(config: HyCAMConfig, checkpointing: str | None):
+    """A 3-layer tiny Llama with ``config`` attached and random adapter weights, optionally checkpointed
+    (``reentrant`` / ``non_reentrant``): the model the fast-path equality tests compare against the plain one."""
+    model = tiny_model("llama", num_hidden_layers=3)
+    torch.manual_seed(0)
+    attach(model, config)
+    randomize_adapter(model)
+    if checkpointing:
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"}
+        )
+    return model

@@ -5,10 +5,10 @@ evaluation, under every activation-checkpointing mode, and keeps less for backwa
 import pytest
 import torch
 
-from hycam_pl import HyCAMConfig, attach
+from hycam_pl import HyCAMConfig
 from hycam_pl.modulation.layer import ContextualModulation
 
-from .conftest import batch, randomize_adapter, tiny_model, train_and_eval_step
+from .conftest import batch, modulated_model, train_and_eval_step
 
 CONFIGS = {
     "hycam": dict(num_experts=4, rank=4),
@@ -24,24 +24,14 @@ def plain_modulate(self, x, attn):
     return attn + (attn * delta).to(attn.dtype), routing
 
 
-def modulated(config, checkpointing):
-    model = tiny_model("llama", num_hidden_layers=3)
-    torch.manual_seed(0)
-    attach(model, HyCAMConfig(**CONFIGS[config]))
-    randomize_adapter(model)
-    if checkpointing:
-        model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"}
-        )
-    return model
-
-
 @pytest.mark.parametrize("checkpointing", [None, "reentrant", "non_reentrant"])
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_fused_matches_plain_in_training_and_eval(monkeypatch, config, checkpointing):
-    loss, grads, logits = train_and_eval_step(modulated(config, checkpointing))
+    loss, grads, logits = train_and_eval_step(modulated_model(HyCAMConfig(**CONFIGS[config]), checkpointing))
     monkeypatch.setattr(ContextualModulation, "modulate", plain_modulate)
-    plain_loss, plain_grads, plain_logits = train_and_eval_step(modulated(config, checkpointing))
+    plain_loss, plain_grads, plain_logits = train_and_eval_step(
+        modulated_model(HyCAMConfig(**CONFIGS[config]), checkpointing)
+    )
     torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
     torch.testing.assert_close(logits, plain_logits, rtol=0, atol=0)
     assert grads.keys() == plain_grads.keys() and any(".hycam." in n for n in grads)
@@ -51,7 +41,7 @@ def test_fused_matches_plain_in_training_and_eval(monkeypatch, config, checkpoin
 
 def test_fused_under_bf16_autocast_matches_plain(monkeypatch):
     def run():
-        model = modulated("hycam", None).train()
+        model = modulated_model(HyCAMConfig(**CONFIGS["hycam"]), None).train()
         input_ids, mask = batch()
         torch.manual_seed(3)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -85,9 +75,9 @@ def saved_bytes(model) -> int:
 
 
 def test_fused_keeps_one_hidden_sized_tensor_less_per_layer(monkeypatch):
-    fused = saved_bytes(modulated("hycam", None))
+    fused = saved_bytes(modulated_model(HyCAMConfig(**CONFIGS["hycam"]), None))
     monkeypatch.setattr(ContextualModulation, "modulate", plain_modulate)
-    plain = saved_bytes(modulated("hycam", None))
+    plain = saved_bytes(modulated_model(HyCAMConfig(**CONFIGS["hycam"]), None))
     tokens, hidden, layers = 4 * 32, 32, 3
     # D (float32) in every layer but the first: its attention output needs no gradient, so the plain graph does
     # not keep D there either.

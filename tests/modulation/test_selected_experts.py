@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hycam_pl import HyCAMConfig, attach
+from hycam_pl import HyCAMConfig
 from hycam_pl.modulation import experts as experts_module
 from hycam_pl.modulation.experts import StackedExperts
 
-from .conftest import randomize_adapter, tiny_model, train_and_eval_step
+from .conftest import modulated_model, train_and_eval_step
 
 
 def dense_mix(self, x, gates, index=None):
@@ -56,23 +56,15 @@ def test_selected_mix_matches_dense_values_and_gradients(bias, tokens):
         torch.testing.assert_close(experts.mix(x, gates, index), dense_mix(experts, x, gates))
 
 
-def modulated(checkpointing):
-    model = tiny_model("llama", num_hidden_layers=3)
-    torch.manual_seed(0)
-    attach(model, HyCAMConfig(num_experts=4, rank=4))
-    randomize_adapter(model)
-    if checkpointing:
-        model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": checkpointing == "reentrant"}
-        )
-    return model
-
-
 @pytest.mark.parametrize("checkpointing", [None, "reentrant", "non_reentrant"])
 def test_model_training_and_eval_match_dense(monkeypatch, checkpointing):
-    loss, grads, logits = train_and_eval_step(modulated(checkpointing))
+    loss, grads, logits = train_and_eval_step(
+        modulated_model(HyCAMConfig(num_experts=4, rank=4), checkpointing)
+    )
     monkeypatch.setattr(experts_module.StackedExperts, "mix", dense_mix)
-    dense_loss, dense_grads, dense_logits = train_and_eval_step(modulated(checkpointing))
+    dense_loss, dense_grads, dense_logits = train_and_eval_step(
+        modulated_model(HyCAMConfig(num_experts=4, rank=4), checkpointing)
+    )
     torch.testing.assert_close(loss, dense_loss)
     torch.testing.assert_close(logits, dense_logits, rtol=1e-5, atol=1e-5)
     assert grads.keys() == dense_grads.keys() and any(".router." in n for n in grads)
