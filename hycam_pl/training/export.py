@@ -43,7 +43,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if meta.is_file():
             checkpoint.update(torch.load(meta, map_location="cpu", weights_only=False))
         return checkpoint
-    if any(path.glob("*/mp_rank_00_model_states.pt")) or (path / "latest").is_file():
+    if _deepspeed_model_states(path) or (path / "latest").is_file():
         return _read_deepspeed(path)
     raise ValueError(
         f"{path} is a folder but neither a distributed checkpoint (.metadata) nor a DeepSpeed checkpoint"
@@ -57,12 +57,22 @@ def _read_deepspeed(path: Path) -> dict[str, Any]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     except ImportError:
         raise ValueError(f"{path} is a DeepSpeed checkpoint; reading it needs deepspeed installed") from None
-    tag_dirs = sorted(p.parent for p in path.glob("*/mp_rank_00_model_states.pt"))
-    client = torch.load(tag_dirs[0] / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    weights = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag_dirs[0].name)
+    states = _deepspeed_model_states(path)
+    if not states:
+        raise ValueError(f"{path} is a DeepSpeed checkpoint folder without model states (*model_states.pt)")
+    client = torch.load(states[0], map_location="cpu", weights_only=False)
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=states[0].parent.name)
     # DeepSpeed names parameters relative to the wrapped LightningModule ("_forward_module." prefix at most).
     state = {k.removeprefix("_forward_module."): v for k, v in weights.items()}
     return {**client, "state_dict": state}
+
+
+def _deepspeed_model_states(path: Path) -> list[Path]:
+    """Rank 0's model-states file (client state: hyper-parameters), named by ZeRO stage: ``mp_rank_00_...``
+    up to stage 2, ``zero_pp_rank_0_mp_rank_00_...`` at stage 3."""
+    return sorted(path.glob("*/mp_rank_00_model_states.pt")) or sorted(
+        path.glob("*/zero_pp_rank_0_mp_rank_00_model_states.pt")
+    )
 
 
 def module_from_checkpoint(checkpoint: dict[str, Any]):

@@ -21,11 +21,13 @@ from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics, wi
 from hycam_pl.training.losses import LOSS_REDUCTIONS, per_example_nll, task_loss_terms
 from hycam_pl.training.resume import apply_optimizer_options, shape_mismatches
 from hycam_pl.training.sharding import (
+    adamw,
+    backbone_structure,
     build_deferred,
-    builds_before_configure,
     configure_model,
     meta_backbone,
     needs_synced_generation,
+    prepare_model,
     save_fit_adapter,
     synchronised_batches,
 )
@@ -161,6 +163,9 @@ class MultiTaskLM(L.LightningModule):
         self._train_rng_state: dict[str, Any] | None = None
         self._in_train_batch = False
         self._predictions: list[dict[str, Any]] = []
+        self._zero3_source: list[
+            torch.nn.Module
+        ] = []  # rank 0's full build under ZeRO-3, setup -> configure_model
         if not build_deferred():  # inside sharding.deferred_build() (sharded CLI runs): in configure_model
             self.model  # noqa: B018
 
@@ -178,12 +183,15 @@ class MultiTaskLM(L.LightningModule):
     def model_built(self) -> bool:
         return self._modules.get("model") is not None
 
-    def build_model(self, structure_only: bool = False) -> torch.nn.Module:
+    def build_model(self, structure_only: bool = False, partitioned: bool = False) -> torch.nn.Module:
         """The backbone with the method applied (not registered). ``structure_only``: on the meta device, no
-        weights read (the sharded build loads them into each rank's shards afterwards)."""
+        weights read (the FSDP2 build loads them into each rank's shards afterwards); ``partitioned``: the same
+        structure allocated where the surrounding context puts it (ZeRO-3's ``zero.Init``: partitioned)."""
         hp = self.hparams
         if structure_only:
             model = meta_backbone(hp.backbone, hp.dtype, hp.attn_implementation)
+        elif partitioned:
+            model = backbone_structure(hp.backbone, hp.dtype, hp.attn_implementation)
         else:
             with torch.device("cpu"):  # as before: the same weights whatever device the trainer uses
                 model = load_backbone(
@@ -193,7 +201,7 @@ class MultiTaskLM(L.LightningModule):
                     init_seed=hp.init_seed,
                 )
         model = self.method.apply(model)
-        if hp.adapter is not None and not structure_only:
+        if hp.adapter is not None and not (structure_only or partitioned):
             load_initial_adapter(model, hp.adapter)
         if hp.activation_checkpointing:
             reentrant = hp.activation_checkpointing == "reentrant"
@@ -216,8 +224,7 @@ class MultiTaskLM(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         data = self.datamodule
-        if self._trainer is not None and builds_before_configure(self.trainer.strategy):
-            self.model  # noqa: B018 - DeepSpeed: built here, outside the ZeRO-3 init context of configure_model
+        prepare_model(self)  # DeepSpeed: the part of the build that must precede configure_model's context
         if data is None:
             return
         if self.model_built:  # otherwise checked in configure_model, once built
@@ -524,7 +531,7 @@ class MultiTaskLM(L.LightningModule):
         groups = self.method.parameter_groups(self.model, hp.learning_rate, hp.weight_decay, overrides)
         if not groups:
             raise ValueError(f"model.method={hp.method!r} left no trainable parameters")
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
+        optimizer = adamw(self, groups, hp.learning_rate, tuple(hp.betas))  # DeepSpeed's under ZeRO-Offload
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(math.ceil(hp.warmup_ratio * total))
         scheduler = cosine_schedule_with_warmup(optimizer, warmup, total)

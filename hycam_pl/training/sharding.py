@@ -7,9 +7,13 @@
   first, in units of their own, then each decoder layer, then the root), allocates its local shards, and
   rank 0 broadcasts the weights (``set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)``):
   no rank but the first ever holds the whole model, and the weights equal those of the unsharded build.
-- DeepSpeed: built in ``setup`` (before Lightning enters ZeRO-3's partitioning context, which would
-  partition the modules as they are created and break loading and ``init_seed``); ``deepspeed.initialize``
-  partitions it afterwards.
+- DeepSpeed ZeRO-1/2: every rank builds the full model in ``setup`` (these stages shard the optimizer state and
+  gradients, never the weights); ``deepspeed.initialize`` takes it from there.
+- DeepSpeed ZeRO-3: rank 0 builds the full model in ``setup`` (outside Lightning's ``zero.Init`` context). In
+  ``configure_model`` (inside that context) every rank builds the structure, with transformers and peft told
+  that ZeRO-3 is on (``HfDeepSpeedConfig``), so each parameter is partitioned as its module is created and
+  adapters take their shapes from the config; rank 0's values are then scattered one parameter at a time
+  (``GatheredParameters(modifier_rank=0)``): no rank but the first ever holds the whole model.
 
 Checkpoints hold only the trainable weights (gathered to rank 0 on save) and the optimizer state.
 """
@@ -146,16 +150,47 @@ def is_fsdp2(strategy: Any) -> bool:
     return isinstance(strategy, ModelParallelStrategy)
 
 
-def builds_before_configure(strategy: Any) -> bool:
-    """DeepSpeed builds in ``setup``: ZeRO-3's ``configure_model`` context would partition modules mid-build."""
-    return isinstance(strategy, DeepSpeedStrategy)
+def is_zero3(strategy: Any) -> bool:
+    return isinstance(strategy, DeepSpeedStrategy) and bool(getattr(strategy, "zero_stage_3", False))
+
+
+def offloads_optimizer(strategy: Any) -> bool:
+    """Whether DeepSpeed ZeRO keeps the optimizer state in host memory (``offload_optimizer``)."""
+    if not isinstance(strategy, DeepSpeedStrategy):
+        return False
+    offload = (strategy.config or {}).get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") not in ("none", None)
+
+
+def adamw(
+    module: Any, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]
+) -> torch.optim.Optimizer:
+    """torch's AdamW; under ZeRO-Offload DeepSpeed's CPU AdamW (the same update), since DeepSpeed refuses a
+    client optimizer there. Every group carries its own ``weight_decay``."""
+    strategy = module.trainer.strategy if module._trainer is not None else None
+    if offloads_optimizer(strategy):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def prepare_model(module: Any) -> None:
+    """``MultiTaskLM.setup``: the part of the build that must happen before ``configure_model`` (whose context
+    partitions modules under ZeRO-3 as they are created): DeepSpeed ZeRO-1/2 build the full model here; under
+    ZeRO-3 rank 0 builds the full model whose values :func:`build_zero3_partitioned` scatters."""
+    strategy = module.trainer.strategy if module._trainer is not None else None
+    if not isinstance(strategy, DeepSpeedStrategy) or module.model_built:
+        return
+    if not is_zero3(strategy):
+        module.model  # noqa: B018 - builds it
+    elif module.trainer.global_rank == 0 and not module._zero3_source:
+        module._zero3_source.append(module.build_model())
 
 
 def is_sharded(strategy: Any) -> bool:
     """Whether weights are split over ranks (every rank must then run every forward pass)."""
-    if isinstance(strategy, (ModelParallelStrategy, _LightningFSDPStrategy)):
-        return True
-    return isinstance(strategy, DeepSpeedStrategy) and getattr(strategy, "zero_stage_3", False)
+    return isinstance(strategy, (ModelParallelStrategy, _LightningFSDPStrategy)) or is_zero3(strategy)
 
 
 def needs_synced_generation(trainer: L.Trainer) -> bool:
@@ -179,6 +214,15 @@ def synchronised_batches(loader: Iterable[Any], module: L.LightningModule) -> It
 # --------------------------------------------------------------------------------------- construction
 def meta_backbone(source: Any, dtype: str = "float32", attn_implementation: str | None = None) -> nn.Module:
     """The backbone's modules with no storage (meta device), from its config alone: no weights are read."""
+    with torch.device("meta"):
+        return backbone_structure(source, dtype, attn_implementation)
+
+
+def backbone_structure(
+    source: Any, dtype: str = "float32", attn_implementation: str | None = None
+) -> nn.Module:
+    """The backbone's modules from its config alone (no weights read), on the current default device or inside
+    an allocation context such as ``meta`` or ZeRO-3's ``zero.Init``."""
     config = backbone_config(dict(source) if isinstance(source, Mapping) else source)
     if config is None:
         raise ValueError(
@@ -190,14 +234,17 @@ def meta_backbone(source: Any, dtype: str = "float32", attn_implementation: str 
         kwargs["attn_implementation"] = attn_implementation
     if DTYPES.get(dtype) not in (None, "auto"):
         kwargs["dtype"] = DTYPES[dtype]
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(config, **kwargs)
+    return transformers.AutoModelForCausalLM.from_config(config, **kwargs)
 
 
 def configure_model(module: Any) -> None:
     """``MultiTaskLM.configure_model``: build the model the way the trainer's strategy needs; idempotent
     (Lightning calls it again for ``test`` after ``fit``)."""
     strategy = module.trainer.strategy if module._trainer is not None else None
+    if is_zero3(strategy) and not module.model_built:
+        source = module._zero3_source.pop() if module._zero3_source else None
+        module.model = build_zero3_partitioned(module, strategy.config, source)
+        return
     if not is_fsdp2(strategy):
         module.model  # noqa: B018 - builds it (on the CPU) unless already built
         return
@@ -252,11 +299,52 @@ def build_fully_sharded(module: Any, mesh: Any, device: torch.device | None = No
     if callable(tie):
         tie()
     del full, state, buffers
-    # Every rank continues from the random state of rank 0's build (as if each had run the same build).
+    _follow_rank0_rng()
+    return model
+
+
+def build_zero3_partitioned(module: Any, ds_config: dict[str, Any], source: nn.Module | None) -> nn.Module:
+    """The model with ZeRO-3-partitioned parameters holding ``source``'s values (rank 0's full build; ``None``
+    on the other ranks). Runs inside ``deepspeed.zero.Init`` (Lightning's, in ``configure_model``)."""
+    import deepspeed
+    import torch.distributed as dist
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    rank = dist.get_rank()
+    if (source is None) != (rank != 0):
+        raise RuntimeError(f"rank {rank}: the ZeRO-3 build needs rank 0's full model, and only there")
+    # While it is alive, transformers and peft see ZeRO-3: they create weights partitioned, skip initialising
+    # them on every rank, and gather the few they must read (DoRA's weight norm).
+    zero3_seen = HfDeepSpeedConfig(ds_config)
+    try:
+        model = module.build_model(partitioned=True)
+    finally:
+        unset_hf_deepspeed_config()
+        del zero3_seen
+    values = dict(source.named_parameters()) if source is not None else {}
+    for name, param in model.named_parameters():
+        # one parameter gathered at a time: never more than one whole tensor per rank
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+            if rank == 0:
+                param.copy_(values[name])
+    buffers = dict(source.named_buffers()) if source is not None else {}
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if rank == 0:
+                buffer.copy_(buffers[name])
+            dist.broadcast(buffer, src=0)
+    del values, buffers
+    _follow_rank0_rng()
+    return model
+
+
+def _follow_rank0_rng() -> None:
+    """Every rank continues from the random state of rank 0's build (as if each had run the same build)."""
+    import torch.distributed as dist
+
     rng = [torch.get_rng_state()]
     dist.broadcast_object_list(rng, src=0)
     torch.set_rng_state(rng[0])
-    return model
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -339,7 +427,7 @@ def _gathered(module: nn.Module, params: list[nn.Parameter]) -> Any:
 
     trainer = getattr(module, "_trainer", None)
     strategy = trainer.strategy if trainer is not None else None
-    if isinstance(strategy, DeepSpeedStrategy) and getattr(strategy, "zero_stage_3", False):
+    if is_zero3(strategy):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

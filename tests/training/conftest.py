@@ -63,3 +63,40 @@ def scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {
         tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]
     }
+
+
+def assert_export_reproduces_logits(checkpoint_path: Path, adapter_dir: Path) -> None:
+    """The exported adapter on a freshly loaded base gives exactly the logits of the checkpoint's model."""
+    import torch
+
+    from hycam_pl import load_adapter
+    from hycam_pl.backbone import load_backbone
+    from hycam_pl.training.export import module_from_checkpoint, read_checkpoint
+
+    checkpoint = read_checkpoint(checkpoint_path)  # a file, or a distributed / DeepSpeed folder
+    trained = module_from_checkpoint(checkpoint)  # deferred: the backbone is built on first use
+    trained.model.requires_grad_(False)
+    missing, unexpected = trained.load_state_dict(checkpoint["state_dict"], strict=False)
+    assert not unexpected and set(missing).isdisjoint(checkpoint["state_dict"])
+    fresh = load_backbone(trained.hparams.backbone, init_seed=trained.hparams.init_seed)
+    load_adapter(fresh, adapter_dir)
+    ids = torch.randint(1, 384, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trained.model.eval()(input_ids=ids).logits
+        got = fresh.eval()(input_ids=ids).logits
+    assert torch.equal(got, expected)
+
+
+def run_worker(module: str, mode: str, out: Path, timeout: int = 900, **env_vars: str) -> None:
+    """``python -m tests.training.<module> <mode> <out>`` (multi-process runs launch from a script of their own)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **env_vars)
+    done = subprocess.run(
+        [sys.executable, "-m", f"tests.training.{module}", mode, str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]

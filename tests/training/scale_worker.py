@@ -27,23 +27,32 @@ from tests.training.objective_worker import datamodule
 
 GLOBAL_BATCH = 4
 STEPS = 4
-MIXTURES = ("molora", "hydralora")
+# Options under which 2 ranks and 1 process compute the same step: the mixtures route by soft top-k
+# (noise-free) and without the balance loss (each rank balances its own tokens, as in Switch Transformers);
+# peft methods run without dropout (its masks come from each rank's own random stream).
+MIXTURE_OPTIONS = {"routing": "softmax_topk", "balance_coef": 0.0}
+DETERMINISTIC_OPTIONS = {
+    "molora": MIXTURE_OPTIONS,
+    "hydralora": MIXTURE_OPTIONS,
+    "lora": {"lora_dropout": 0.0},
+    "dora": {"lora_dropout": 0.0},
+}
 
 
 def model(method: str, deferred: bool = False) -> MultiTaskLM:
     """``deferred``: the model is built in ``configure_model`` (per rank, sharded), as the CLI does under FSDP2."""
     L.seed_everything(0)
-    # The mixtures route by soft top-k here (noise-free) and without the balance loss (each rank balances its
-    # own tokens, as in Switch Transformers), so 2 ranks and 1 process compute the same step.
-    options = {"routing": "softmax_topk", "balance_coef": 0.0} if method in MIXTURES else None
+    options = DETERMINISTIC_OPTIONS.get(method)
     with deferred_build() if deferred else nullcontext():
         return MultiTaskLM(
             tiny_byte_llama(), method=method, method_options=options, learning_rate=1e-2, warmup_ratio=0.0
         )
 
 
-def trainer(root: Path, devices: int, strategy: str, **kwargs) -> L.Trainer:
-    strategy_object = FSDP2Strategy() if strategy == "fsdp2" else ("ddp" if devices > 1 else "auto")
+def trainer(root: Path, devices: int, strategy: str | L.pytorch.strategies.Strategy, **kwargs) -> L.Trainer:
+    strategy_object = strategy
+    if isinstance(strategy, str):
+        strategy_object = FSDP2Strategy() if strategy == "fsdp2" else ("ddp" if devices > 1 else "auto")
     options = dict(
         accelerator="cpu",
         devices=devices,
@@ -76,6 +85,13 @@ def fit(
     weights = trainable_state_dict(lm)  # collective under FSDP2: every rank gathers the full tensors
     torch.save(weights, out / f"{name}-rank{run.global_rank}.pt")
     return lm
+
+
+def single_process_fit(method: str, data_dir: Path, root: Path) -> dict[str, torch.Tensor]:
+    """The trainable weights after the same steps in one process on the global batch (the reference)."""
+    lm = model(method)
+    trainer(root, 1, "auto").fit(lm, datamodule=datamodule(GLOBAL_BATCH, data_dir / "cache"))
+    return {n: p.detach() for n, p in lm.named_parameters() if p.requires_grad}
 
 
 def main_fit(out: Path) -> None:

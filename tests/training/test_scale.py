@@ -17,14 +17,11 @@ import torch
 import yaml
 from lightning.pytorch.cli import instantiate_class
 
-from hycam_pl import load_adapter
-from hycam_pl.backbone import load_backbone
 from hycam_pl.training.export import export, module_from_checkpoint
 from hycam_pl.training.sharding import check_strategy, trainable_units
 
-from .conftest import REPO, run_cli, tiny_quickstart
-from .objective_worker import datamodule
-from .scale_worker import GLOBAL_BATCH, model, trainer
+from .conftest import REPO, assert_export_reproduces_logits, run_cli, run_worker, tiny_quickstart
+from .scale_worker import model, single_process_fit
 
 TRAINER_CONFIGS = REPO / "configs" / "trainer"
 GPU_ONLY = [
@@ -36,25 +33,11 @@ GPU_ONLY = [
 ]
 
 
-def _worker(mode: str, out: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.training.scale_worker", mode, str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     """DDP and FSDP2 fits (2 processes, one launch), an FSDP2 run resumed from step 2, and a test after fit."""
     out = tmp_path_factory.mktemp("scale")
-    _worker("fit", out)
+    run_worker("scale_worker", "fit", out)
     return out
 
 
@@ -70,14 +53,8 @@ def test_both_ranks_hold_identical_adapter_weights(runs, run):
         assert torch.equal(first[name], second[name]), name
 
 
-def _single_process_fit(method: str, runs: Path, root: Path) -> dict[str, torch.Tensor]:
-    lm = model(method)
-    trainer(root, 1, "auto").fit(lm, datamodule=datamodule(GLOBAL_BATCH, runs / "cache"))
-    return {n: p.detach() for n, p in lm.named_parameters() if p.requires_grad}
-
-
 def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_path):
-    single = _single_process_fit("cam", runs, tmp_path)
+    single = single_process_fit("cam", runs, tmp_path)
     fresh = model("cam")
     initial = {n: p.detach() for n, p in fresh.named_parameters() if p.requires_grad}
     assert any(not torch.equal(single[n], initial[n]) for n in single), "training changed nothing"
@@ -91,7 +68,7 @@ def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_p
 @pytest.mark.parametrize("method", ["molora", "hydralora"])
 def test_fsdp2_mixture_baselines_match_one_process(runs, tmp_path, method):
     """MoLoRA / HydraLoRA route in hooks; sharded, they train exactly as in one process (soft top-k: no noise)."""
-    single = _single_process_fit(method, runs, tmp_path)
+    single = single_process_fit(method, runs, tmp_path)
     weights = _weights(runs, f"fsdp2-{method}", 0)
     assert weights.keys() == single.keys()
     initial = {n: p.detach() for n, p in model(method).named_parameters() if p.requires_grad}
@@ -118,26 +95,11 @@ def test_checkpoints_hold_trainable_weights_and_optimizer_state(runs, run):
     assert len(state) == len(trainable) and all("exp_avg" in s for s in state.values())
 
 
-def _logits_match_after_export(checkpoint_path: Path, adapter_dir: Path) -> None:
-    checkpoint = torch.load(checkpoint_path, weights_only=False)
-    trained = module_from_checkpoint(checkpoint)  # deferred: the backbone is built on first use
-    trained.model.requires_grad_(False)
-    missing, unexpected = trained.load_state_dict(checkpoint["state_dict"], strict=False)
-    assert not unexpected and set(missing).isdisjoint(checkpoint["state_dict"])
-    fresh = load_backbone(trained.hparams.backbone, init_seed=trained.hparams.init_seed)
-    load_adapter(fresh, adapter_dir)
-    ids = torch.randint(1, 384, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = trained.model.eval()(input_ids=ids).logits
-        got = fresh.eval()(input_ids=ids).logits
-    assert torch.equal(got, expected)
-
-
 @pytest.mark.parametrize("run", ["ddp", "fsdp2-hycam"])
 def test_export_from_a_checkpoint_reproduces_the_logits_on_a_fresh_base(runs, tmp_path, run):
     checkpoint = runs / run / "checkpoints" / "last.ckpt"
     export(checkpoint, tmp_path / "adapter")
-    _logits_match_after_export(checkpoint, tmp_path / "adapter")
+    assert_export_reproduces_logits(checkpoint, tmp_path / "adapter")
 
 
 def test_fsdp2_overlay_through_the_cli_then_hycam_export(tmp_path):
@@ -152,7 +114,7 @@ def test_fsdp2_overlay_through_the_cli_then_hycam_export(tmp_path):
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     result = run_cli("export", str(checkpoint), str(tmp_path / "exported"), cwd=tmp_path)
     assert "Wrote the adapter" in result.stdout
-    _logits_match_after_export(checkpoint, tmp_path / "exported")
+    assert_export_reproduces_logits(checkpoint, tmp_path / "exported")
     fit_adapter = tmp_path / "runs" / "tiny" / "version_0" / "adapter" / "adapter_model.safetensors"
     from safetensors.torch import load_file
 
@@ -181,7 +143,7 @@ def test_hycam_export_reports_a_missing_checkpoint_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("memory")
-    _worker("memory", out)
+    run_worker("scale_worker", "memory", out)
     return {p.stem.split("-")[1]: json.loads(p.read_text()) for p in out.glob("memory-*.json")}
 
 
