@@ -3,8 +3,8 @@ CPU accelerator over gloo (Lightning refuses CPUs for DeepSpeed only in ``setup_
 below skips that one check, and nothing else).
 
 ``python -m tests.training.deepspeed_worker fit OUT_DIR``: in one 2-process launch, fits with the strategy of each
-shipped DeepSpeed config (ZeRO-2, ZeRO-3, each with and without offload; cam, DoRA, MoLoRA, HydraLoRA, HyCAM) on
-the same global batches as ``scale_worker``'s single-process fit, a ZeRO-3
+shipped DeepSpeed config (ZeRO-2, ZeRO-3, each with and without offload; every method under ZeRO-3; bf16 with
+activation checkpointing) on the same global batches as ``scale_worker``'s single-process fit, a ZeRO-3
 HyCAM fit resumed from its step-2 checkpoint, and a test after fit (generation on partitioned weights, with synced GPUs). Each rank writes
 the adapter weights it holds to ``OUT_DIR/<run>-rank<r>.pt``.
 """
@@ -54,14 +54,28 @@ def strategy(config: str) -> CPUDeepSpeedStrategy:
     return CPUDeepSpeedStrategy(**options["init_args"], process_group_backend="gloo")
 
 
-def fit(out: Path, name: str, config: str, method: str = "hycam", ckpt: str | None = None):
+def fit(
+    out: Path,
+    name: str,
+    config: str,
+    method: str = "hycam",
+    ckpt: str | None = None,
+    precision: str = "32-true",
+    activation_checkpointing: bool = False,
+):
     lm = model(method, deferred=True)
+    lm.hparams.activation_checkpointing = activation_checkpointing  # read by the (deferred) build
     data = datamodule(GLOBAL_BATCH // 2, out / "cache")
-    run = trainer(out / name, 2, strategy(config))
+    run = trainer(out / name, 2, strategy(config), precision=precision)
     run.fit(lm, datamodule=data, ckpt_path=ckpt)
     with torch.no_grad():
         weights = trainable_state_dict(lm)  # collective under ZeRO-3: every rank gathers the full tensors
     torch.save(weights, out / f"{name}-rank{run.global_rank}.pt")
+    info = {
+        "checkpointing": lm.model.is_gradient_checkpointing,
+        "dtype": str(next(lm.model.parameters()).dtype),
+    }
+    (out / f"{name}-rank{run.global_rank}.json").write_text(json.dumps(info))
     return lm
 
 
@@ -71,9 +85,17 @@ def main_fit(out: Path) -> None:
     # ZeRO-Offload: the optimizer (DeepSpeed's CPU AdamW) and, at stage 3, the parameters in host memory.
     fit(out, "zero2-offload-cam", "deepspeed_zero2_offload", "cam")
     fit(out, "zero3-offload-cam", "deepspeed_zero3_offload", "cam")
-    fit(out, "zero3-dora", "deepspeed_zero3", "dora")
-    for mixture in ("molora", "hydralora"):  # routers and LoRA mixtures run from hooks: gathered there too
-        fit(out, f"zero3-{mixture}", "deepspeed_zero3", mixture)
+    # DoRA's magnitude is computed from the (partitioned) base weights; the mixtures' routers and LoRA factors
+    # run from hooks, whose modules ZeRO-3 must gather too; full fine-tuning partitions every trainable weight.
+    for method in ("lora", "dora", "ia3", "molora", "hydralora", "full"):
+        fit(out, f"zero3-{method}", "deepspeed_zero3", method)
+    fit(
+        out,
+        "zero3-bf16-checkpointed",
+        "deepspeed_zero3",
+        precision="bf16-mixed",
+        activation_checkpointing=True,
+    )
     fit(out, "zero3-hycam", "deepspeed_zero3")
     checkpoint = out / "zero3-hycam" / "checkpoints" / "epoch=0-step=2.ckpt"
     lm = fit(out, "zero3-hycam-resumed", "deepspeed_zero3", ckpt=str(checkpoint))
