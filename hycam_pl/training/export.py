@@ -32,7 +32,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    if (path / ".metadata").is_file():  # torch.distributed.checkpoint folder (Lightning: meta.pt beside it)
+    if _is_distributed_checkpoint(path):  # torch.distributed.checkpoint folder (Lightning: meta.pt beside it)
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
         with tempfile.TemporaryDirectory() as scratch:
@@ -43,11 +43,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if meta.is_file():
             checkpoint.update(torch.load(meta, map_location="cpu", weights_only=False))
         return checkpoint
-    if _deepspeed_model_states(path) or (path / "latest").is_file():
+    if _is_deepspeed_checkpoint(path):
         return _read_deepspeed(path)
     raise ValueError(
         f"{path} is a folder but neither a distributed checkpoint (.metadata) nor a DeepSpeed checkpoint"
     )
+
+
+def is_checkpoint_folder(path: str | os.PathLike) -> bool:
+    """A checkpoint saved as a folder: FSDP2's distributed checkpoint or DeepSpeed's (one file per rank)."""
+    path = Path(path)
+    return path.is_dir() and (_is_distributed_checkpoint(path) or _is_deepspeed_checkpoint(path))
+
+
+def _is_distributed_checkpoint(path: Path) -> bool:
+    return (path / ".metadata").is_file()
+
+
+def _is_deepspeed_checkpoint(path: Path) -> bool:
+    return bool(_deepspeed_model_states(path)) or (path / "latest").is_file()
 
 
 def _read_deepspeed(path: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from hycam_pl.training.sharding import (
     backbone_structure,
     build_deferred,
     configure_model,
+    logical_shapes,
     meta_backbone,
     needs_synced_generation,
     prepare_model,
@@ -163,9 +164,8 @@ class MultiTaskLM(L.LightningModule):
         self._train_rng_state: dict[str, Any] | None = None
         self._in_train_batch = False
         self._predictions: list[dict[str, Any]] = []
-        self._zero3_source: list[
-            torch.nn.Module
-        ] = []  # rank 0's full build under ZeRO-3, setup -> configure_model
+        # Rank 0's full build under ZeRO-3, from setup to configure_model (a list: not a registered submodule).
+        self._zero3_source: list[torch.nn.Module] = []
         if not build_deferred():  # inside sharding.deferred_build() (sharded CLI runs): in configure_model
             self.model  # noqa: B018
 
@@ -572,7 +572,7 @@ class MultiTaskLM(L.LightningModule):
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
                 "was it trained with a different method, backbone or hycam config?"
             )
-        reshaped = shape_mismatches(self.state_dict(), checkpoint.get("state_dict", {}))
+        reshaped = shape_mismatches(logical_shapes(self), checkpoint.get("state_dict", {}))
         if reshaped:
             raise ValueError(
                 f"checkpoint does not fit this model: {len(reshaped)} tensors have other shapes (e.g. "

@@ -78,21 +78,37 @@ def other_checkpoints(path: Path) -> list[str]:
     directory = path.parent
     if not directory.is_dir():
         return []
-    others = [p for p in directory.glob(f"*{CKPT_SUFFIX}") if p.name != path.name and p.is_file()]
+    others = [p for p in directory.glob(f"*{CKPT_SUFFIX}") if p.name != path.name and _is_checkpoint(p)]
     return [str(p) for p in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
-def read_checkpoint(path: str | os.PathLike, option: str = "--ckpt_path") -> dict[str, Any]:
-    """The checkpoint at ``path`` (tensors memory-mapped, so a large one costs little to read twice).
+def _is_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or a checkpoint folder (DeepSpeed, or FSDP2's distributed checkpoint)."""
+    from hycam_pl.training.export import is_checkpoint_folder
 
-    Raises ``FileNotFoundError``/``ValueError`` with one line naming the file: missing, a directory, or
-    truncated/not a checkpoint (then listing the other checkpoints in its folder).
+    return path.is_file() or is_checkpoint_folder(path)
+
+
+def read_checkpoint(path: str | os.PathLike, option: str = "--ckpt_path") -> dict[str, Any]:
+    """The checkpoint at ``path`` (tensors memory-mapped, so a large one costs little to read twice); a
+    DeepSpeed or distributed checkpoint folder is consolidated (its trainable weights only, as saved).
+
+    Raises ``FileNotFoundError``/``ValueError`` with one line naming the file: missing, a directory that is
+    no checkpoint, or truncated/not a checkpoint (then listing the other checkpoints in its folder).
     """
+    from hycam_pl.training.export import is_checkpoint_folder
+    from hycam_pl.training.export import read_checkpoint as read_checkpoint_folder
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{option}: checkpoint file not found: {path}")
+    if is_checkpoint_folder(path):
+        return read_checkpoint_folder(path)
     if path.is_dir():
-        raise ValueError(f"{option}: {path} is a directory, not a checkpoint file")
+        raise ValueError(
+            f"{option}: {path} is a directory, neither a checkpoint file nor a DeepSpeed or distributed "
+            "checkpoint folder"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -224,7 +240,7 @@ def find_last_checkpoint(trainer: Any) -> Path | None:
         for directory in checkpoint_directories(trainer)
         if directory.is_dir()
         for p in directory.glob(f"last*{CKPT_SUFFIX}")
-        if LAST_PATTERN.match(p.stem) and p.is_file()
+        if LAST_PATTERN.match(p.stem) and _is_checkpoint(p)
     ]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
@@ -416,14 +432,16 @@ def check_options_fit_checkpoint(
         log.warning("options changed since checkpoint %s take effect: %s", path, "; ".join(changes))
 
 
-def shape_mismatches(model_state: Mapping[str, torch.Tensor], saved_state: Mapping[str, Any]) -> list[str]:
+def shape_mismatches(
+    model_shapes: Mapping[str, tuple[int, ...]], saved_state: Mapping[str, Any]
+) -> list[str]:
     """``name: checkpoint (a, b) vs model (c, d)`` for each tensor present in both with different shapes."""
     return [
-        f"{name}: checkpoint {tuple(saved_state[name].shape)} vs model {tuple(tensor.shape)}"
-        for name, tensor in model_state.items()
+        f"{name}: checkpoint {tuple(saved_state[name].shape)} vs model {tuple(shape)}"
+        for name, shape in model_shapes.items()
         if name in saved_state
         and hasattr(saved_state[name], "shape")
-        and tuple(saved_state[name].shape) != tuple(tensor.shape)
+        and tuple(saved_state[name].shape) != tuple(shape)
     ]
 
 

@@ -25,13 +25,15 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import transformers
-from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeedStrategy
 from lightning.pytorch.strategies import FSDPStrategy as _LightningFSDPStrategy
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from hycam_pl.backbone import DTYPES, backbone_config
@@ -146,17 +148,78 @@ class FSDPStrategy(_LightningFSDPStrategy):
         super().setup(trainer)
 
 
+class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
+    """Lightning's ``DeepSpeedStrategy``, able to evaluate (``test``/``validate``/``predict --ckpt_path``) from
+    a ZeRO-3 checkpoint folder.
+
+    There Lightning asks DeepSpeed's engine to load the weights without the optimizer, and DeepSpeed's
+    inference engine then fails (``'DeepSpeedZeRoOffload' object has no attribute
+    '_restore_from_bit16_weights'``). Instead the folder's trainable weights are consolidated
+    (``zero_to_fp32``, as ``hycam export`` does) and scattered from rank 0 into the partitioned parameters.
+    Fitting, and every other stage, are Lightning's.
+    """
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        if not self._evaluates_zero3_folder(checkpoint_path):
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        from hycam_pl.training.export import read_checkpoint
+
+        return read_checkpoint(checkpoint_path)
+
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        if self._evaluates_zero3_folder(self.lightning_module.trainer.ckpt_path):
+            scatter_from_rank0(self.lightning_module, checkpoint["state_dict"], self.global_rank)
+            return
+        super().load_model_state_dict(checkpoint, strict)
+
+    def _evaluates_zero3_folder(self, checkpoint_path: Any) -> bool:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
+        return (
+            self.zero_stage_3
+            and not fitting
+            and checkpoint_path is not None
+            and Path(checkpoint_path).is_dir()
+        )
+
+
+def logical_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of ``module``'s state as the model defines it: ZeRO-3-partitioned parameters
+    hold an empty placeholder and report their full shape as ``ds_shape``."""
+    return {
+        name: tuple(getattr(tensor, "ds_shape", tensor.shape))
+        for name, tensor in module.state_dict(keep_vars=True).items()
+    }
+
+
+def scatter_from_rank0(module: nn.Module, values: Mapping[str, torch.Tensor], rank: int) -> None:
+    """Rank 0's ``values`` (by parameter name; other ranks pass anything) into ZeRO-3-partitioned parameters,
+    one parameter gathered at a time: never more than one whole tensor per rank. Parameters not named in
+    ``values`` keep theirs."""
+    import deepspeed
+
+    for name, param in module.named_parameters():
+        if name not in values:
+            continue
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+            if rank == 0:
+                param.copy_(values[name])
+
+
 def is_fsdp2(strategy: Any) -> bool:
     return isinstance(strategy, ModelParallelStrategy)
 
 
 def is_zero3(strategy: Any) -> bool:
-    return isinstance(strategy, DeepSpeedStrategy) and bool(getattr(strategy, "zero_stage_3", False))
+    return isinstance(strategy, _LightningDeepSpeedStrategy) and bool(
+        getattr(strategy, "zero_stage_3", False)
+    )
 
 
 def offloads_optimizer(strategy: Any) -> bool:
     """Whether DeepSpeed ZeRO keeps the optimizer state in host memory (``offload_optimizer``)."""
-    if not isinstance(strategy, DeepSpeedStrategy):
+    if not isinstance(strategy, _LightningDeepSpeedStrategy):
         return False
     offload = (strategy.config or {}).get("zero_optimization", {}).get("offload_optimizer") or {}
     return offload.get("device", "none") not in ("none", None)
@@ -180,7 +243,7 @@ def prepare_model(module: Any) -> None:
     partitions modules under ZeRO-3 as they are created): DeepSpeed ZeRO-1/2 build the full model here; under
     ZeRO-3 rank 0 builds the full model whose values :func:`build_zero3_partitioned` scatters."""
     strategy = module.trainer.strategy if module._trainer is not None else None
-    if not isinstance(strategy, DeepSpeedStrategy) or module.model_built:
+    if not isinstance(strategy, _LightningDeepSpeedStrategy) or module.model_built:
         return
     if not is_zero3(strategy):
         module.model  # noqa: B018 - builds it
@@ -306,7 +369,6 @@ def build_fully_sharded(module: Any, mesh: Any, device: torch.device | None = No
 def build_zero3_partitioned(module: Any, ds_config: dict[str, Any], source: nn.Module | None) -> nn.Module:
     """The model with ZeRO-3-partitioned parameters holding ``source``'s values (rank 0's full build; ``None``
     on the other ranks). Runs inside ``deepspeed.zero.Init`` (Lightning's, in ``configure_model``)."""
-    import deepspeed
     import torch.distributed as dist
     from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
@@ -321,12 +383,9 @@ def build_zero3_partitioned(module: Any, ds_config: dict[str, Any], source: nn.M
     finally:
         unset_hf_deepspeed_config()
         del zero3_seen
-    values = dict(source.named_parameters()) if source is not None else {}
-    for name, param in model.named_parameters():
-        # one parameter gathered at a time: never more than one whole tensor per rank
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
-            if rank == 0:
-                param.copy_(values[name])
+    # every rank takes part in gathering each parameter; only rank 0 has values to put in
+    values = dict(source.named_parameters()) if source is not None else dict(model.named_parameters())
+    scatter_from_rank0(model, values, rank)
     buffers = dict(source.named_buffers()) if source is not None else {}
     with torch.no_grad():
         for name, buffer in model.named_buffers():

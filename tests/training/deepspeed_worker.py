@@ -18,10 +18,15 @@ from pathlib import Path
 
 import torch
 import yaml
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from lightning.pytorch.strategies import DDPStrategy
 
 from hycam_pl.training import MultiTaskLM
-from hycam_pl.training.sharding import build_zero3_partitioned, deferred_build, trainable_state_dict
+from hycam_pl.training.sharding import (
+    DeepSpeedStrategy,
+    build_zero3_partitioned,
+    deferred_build,
+    trainable_state_dict,
+)
 from tests.tiny import tiny_byte_llama
 from tests.training.conftest import REPO
 from tests.training.objective_worker import datamodule
@@ -39,7 +44,8 @@ TRAINER_CONFIGS = REPO / "configs" / "trainer"
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
-    """Lightning's ``DeepSpeedStrategy``, minus its two CUDA-only checks (DeepSpeed itself runs on CPU)."""
+    """hycam_pl's (Lightning's) ``DeepSpeedStrategy``, minus its two CUDA-only checks (DeepSpeed itself runs on
+    CPU)."""
 
     def setup_environment(self) -> None:
         # CUDA-style device indices (cpu:0, cpu:1): Lightning checks them and hands DeepSpeed the local one.
@@ -50,7 +56,7 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
 def strategy(config: str) -> CPUDeepSpeedStrategy:
     """The strategy of ``configs/trainer/<config>.yaml`` (its ``init_args`` as shipped), over gloo."""
     options = yaml.safe_load((TRAINER_CONFIGS / f"{config}.yaml").read_text())["trainer"]["strategy"]
-    assert options["class_path"] == "lightning.pytorch.strategies.DeepSpeedStrategy"
+    assert options["class_path"] == "hycam_pl.training.sharding.DeepSpeedStrategy"
     return CPUDeepSpeedStrategy(**options["init_args"], process_group_backend="gloo")
 
 
@@ -98,11 +104,17 @@ def main_fit(out: Path) -> None:
     )
     fit(out, "zero3-hycam", "deepspeed_zero3")
     checkpoint = out / "zero3-hycam" / "checkpoints" / "epoch=0-step=2.ckpt"
-    lm = fit(out, "zero3-hycam-resumed", "deepspeed_zero3", ckpt=str(checkpoint))
+    fit(out, "zero3-hycam-resumed", "deepspeed_zero3", ckpt=str(checkpoint))
+    # Evaluation from the checkpoint folder in a fresh module, as `hycam test --ckpt_path` does: the weights
+    # are consolidated and scattered into the partitioned parameters; generation runs on them, ranks in step.
+    fresh = model("hycam", deferred=True)
+    fresh.generation.max_new_tokens = 4
     tester = trainer(out / "zero3-hycam-resumed", 2, strategy("deepspeed_zero3"), limit_test_batches=1)
-    lm.generation.max_new_tokens = 4
-    tester.test(lm, datamodule=datamodule(GLOBAL_BATCH, out / "cache"), verbose=False)
-    (out / f"tested-rank{tester.global_rank}.json").write_text(json.dumps({"ok": True}))
+    last = out / "zero3-hycam-resumed" / "checkpoints" / "last.ckpt"
+    tester.test(fresh, datamodule=datamodule(GLOBAL_BATCH, out / "cache"), ckpt_path=str(last), verbose=False)
+    with torch.no_grad():
+        weights = trainable_state_dict(fresh)
+    torch.save(weights, out / f"zero3-hycam-tested-rank{tester.global_rank}.pt")
 
 
 # ----------------------------------------------------------------------------------------- memory

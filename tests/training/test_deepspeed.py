@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from hycam_pl.training.export import export, module_from_checkpoint, read_checkpoint
 
-from .conftest import assert_export_reproduces_logits, run_worker
+from .conftest import REPO, assert_export_reproduces_logits, run_cli, run_worker, tiny_quickstart
 from .scale_worker import model, single_process_fit
+
+TRAINER_CONFIGS = REPO / "configs" / "trainer"
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +85,17 @@ def test_zero3_trains_in_bf16_with_activation_checkpointing(runs):
     assert any(not torch.equal(trained[n].float(), initial[n].to(torch.bfloat16).float()) for n in trained)
 
 
-def test_resumed_zero3_run_continues_exactly_and_tests_after_fit(runs):
+def test_resumed_zero3_run_continues_exactly_and_tests_from_its_checkpoint_folder(runs):
     straight, resumed = _weights(runs, "zero3-hycam", 0), _weights(runs, "zero3-hycam-resumed", 0)
     assert any(".experts." in name for name in straight)  # HyCAM: Gumbel routing, per-rank random streams
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
-    for rank in (0, 1):  # test() after fit: generation on partitioned weights, every rank stepping together
-        assert json.loads((runs / f"tested-rank{rank}.json").read_text()) == {"ok": True}
+    # test() of a fresh module from the run's last checkpoint folder: it evaluates exactly the trained weights
+    for rank in (0, 1):
+        tested = _weights(runs, "zero3-hycam-tested", rank)
+        assert tested.keys() == straight.keys()
+        for name in straight:
+            torch.testing.assert_close(tested[name], resumed[name], rtol=0, atol=0, msg=name)
     results = json.loads((runs / "zero3-hycam-resumed" / "results.json").read_text())
     assert set(results) >= {"qa", "code", "macro"} and results["macro"]["loss"] > 0
 
@@ -117,6 +124,31 @@ def test_export_from_a_deepspeed_checkpoint_reproduces_the_logits_on_a_fresh_bas
     checkpoint = runs / run / "checkpoints" / "last.ckpt"
     export(checkpoint, tmp_path / "adapter")
     assert_export_reproduces_logits(checkpoint, tmp_path / "adapter")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_fit_test_resume_and_export_under_zero3(tmp_path):
+    """The commands users run, on 2 CPU processes: the shipped ZeRO-3 overlay with only its class swapped for
+    the CPU-enabled subclass. fit (validating with generation), test from the last checkpoint folder, fit
+    resumed from it, export."""
+    options = yaml.safe_load((TRAINER_CONFIGS / "deepspeed_zero3.yaml").read_text())["trainer"]
+    options["strategy"]["class_path"] = "tests.training.deepspeed_worker.CPUDeepSpeedStrategy"
+    options["strategy"]["init_args"]["process_group_backend"] = "gloo"
+    options.update(accelerator="cpu", devices=2, precision="32-true")
+    overlay = tmp_path / "zero3-cpu.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": options}))
+    files = ("-c", str(tiny_quickstart(tmp_path, max_steps=4, val_every=2)), "-c", str(overlay))
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run_cli("fit", *files, cwd=tmp_path, **env)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert (last / "checkpoint").is_dir()
+    tested = run_cli("test", *files, "--ckpt_path", "last", cwd=tmp_path, **env)
+    assert "Per-task test results" in tested.stdout
+    resumed = run_cli("fit", *files, "--ckpt_path", "last", "--trainer.max_steps", "6", cwd=tmp_path, **env)
+    assert "Restored all states" in resumed.stdout + resumed.stderr
+    assert read_checkpoint(last)["global_step"] == 6
+    run_cli("export", str(last), str(tmp_path / "adapter"), cwd=tmp_path, **env)
+    assert_export_reproduces_logits(last, tmp_path / "adapter")
 
 
 # ------------------------------------------------------------------------------------------- memory
