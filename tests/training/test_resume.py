@@ -79,3 +79,14 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path, interrupt_at):
     assert model.global_step == MAX_STEPS
     for name, tensor in expected.items():
         torch.testing.assert_close(actual[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_a_folder_that_is_no_checkpoint_is_refused_with_one_line(tmp_path):
+    from hycam_pl.training.resume import read_checkpoint
+
+    folder = tmp_path / "last.ckpt"
+    (folder / "checkpoint").mkdir(parents=True)  # looks like a DeepSpeed folder, but holds nothing
+    with pytest.raises(
+        ValueError, match=r"--ckpt_path: .*last\.ckpt is a directory, neither a checkpoint file"
+    ):
+        read_checkpoint(folder)
