@@ -25,3 +25,9 @@ if ! python -c "import deepspeed" >/dev/null 2>&1; then
   DS_BUILD_OPS=0 python -m pip install --quiet --no-build-isolation "deepspeed>=0.15" \
     || echo "setup: DeepSpeed could not be installed; the deepspeed strategies will be refused clearly" >&2
 fi
+# ZeRO-Offload trains with DeepSpeed's CPU AdamW, a C++ op compiled on first use (~40 s, cached in
+# ~/.cache/torch_extensions): build it here, once, rather than inside the first offload run or test.
+if python -c "import deepspeed" >/dev/null 2>&1; then
+  python -c "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()" >/dev/null 2>&1 \
+    || echo "setup: DeepSpeed's CPU AdamW could not be built (needs a C++ compiler); ZeRO-Offload needs it" >&2
+fi
