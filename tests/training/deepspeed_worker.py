@@ -1,12 +1,17 @@
-"""DeepSpeed runs on CPU, for ``test_deepspeed.py``: Lightning's own ``DeepSpeedStrategy`` with DeepSpeed's
-CPU accelerator over gloo (Lightning refuses CPUs for DeepSpeed only in ``setup_environment``; the subclass
-below skips that one check, and nothing else).
+"""DeepSpeed runs on CPU, for ``test_deepspeed.py``: hycam_pl's ``DeepSpeedStrategy`` (Lightning's, able to
+evaluate from ZeRO-3 folders) with DeepSpeed's CPU accelerator over gloo. Lightning refuses DeepSpeed without
+CUDA in two checks only (the accelerator type and CUDA device indices); the subclass below gets past both and
+changes nothing else.
 
-``python -m tests.training.deepspeed_worker fit OUT_DIR``: in one 2-process launch, fits with the strategy of each
-shipped DeepSpeed config (ZeRO-2, ZeRO-3, each with and without offload; every method under ZeRO-3; bf16 with
-activation checkpointing) on the same global batches as ``scale_worker``'s single-process fit, a ZeRO-3
-HyCAM fit resumed from its step-2 checkpoint, and a test after fit (generation on partitioned weights, with synced GPUs). Each rank writes
-the adapter weights it holds to ``OUT_DIR/<run>-rank<r>.pt``.
+``python -m tests.training.deepspeed_worker fit OUT_DIR``: in one 2-process launch, fits with the strategy of
+each shipped DeepSpeed config (ZeRO-2 and ZeRO-3, each with and without offload; every method under ZeRO-3; bf16
+with activation checkpointing) on the same global batches as ``scale_worker``'s single-process fit; a ZeRO-3
+HyCAM fit resumed from its step-2 checkpoint; and a test of a fresh module from that run's last checkpoint
+folder (generation on partitioned weights, ranks in step). Each rank writes the adapter weights it holds to
+``OUT_DIR/<run>-rank<r>.pt``.
+
+``python -m tests.training.deepspeed_worker memory OUT_DIR``: the peak host memory of the ZeRO-3 build per rank of
+2 processes, and of one process building the full model.
 """
 
 from __future__ import annotations
