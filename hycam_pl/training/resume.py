@@ -35,6 +35,8 @@ import torch
 from hycam_pl.backbone import config_from_dict
 from hycam_pl.methods import build_method
 from hycam_pl.modulation import HyCAMConfig
+from hycam_pl.training.export import is_checkpoint_folder
+from hycam_pl.training.export import read_checkpoint as read_checkpoint_folder
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,6 @@ def other_checkpoints(path: Path) -> list[str]:
 
 def _is_checkpoint(path: Path) -> bool:
     """A checkpoint file, or a checkpoint folder (DeepSpeed, or FSDP2's distributed checkpoint)."""
-    from hycam_pl.training.export import is_checkpoint_folder
-
     return path.is_file() or is_checkpoint_folder(path)
 
 
@@ -96,9 +96,6 @@ def read_checkpoint(path: str | os.PathLike, option: str = "--ckpt_path") -> dic
     Raises ``FileNotFoundError``/``ValueError`` with one line naming the file: missing, a directory that is
     no checkpoint, or truncated/not a checkpoint (then listing the other checkpoints in its folder).
     """
-    from hycam_pl.training.export import is_checkpoint_folder
-    from hycam_pl.training.export import read_checkpoint as read_checkpoint_folder
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{option}: checkpoint file not found: {path}")

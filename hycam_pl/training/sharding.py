@@ -351,17 +351,11 @@ def build_fully_sharded(module: Any, mesh: Any, device: torch.device | None = No
     set_model_state_dict(
         model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
     )
-    # Non-persistent buffers (rotary frequencies) are in no state dict: broadcast them too.
-    buffers = dict(full.named_buffers()) if full is not None else {}
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if rank == 0:
-                buffer.copy_(buffers[name])
-            dist.broadcast(buffer, src=0)
+    _broadcast_buffers_from_rank0(model, full, rank)
     tie = getattr(model, "tie_weights", None)
     if callable(tie):
         tie()
-    del full, state, buffers
+    del full, state
     _follow_rank0_rng()
     return model
 
@@ -386,15 +380,23 @@ def build_zero3_partitioned(module: Any, ds_config: dict[str, Any], source: nn.M
     # every rank takes part in gathering each parameter; only rank 0 has values to put in
     values = dict(source.named_parameters()) if source is not None else dict(model.named_parameters())
     scatter_from_rank0(model, values, rank)
+    _broadcast_buffers_from_rank0(model, source, rank)
+    del values
+    _follow_rank0_rng()
+    return model
+
+
+def _broadcast_buffers_from_rank0(model: nn.Module, source: nn.Module | None, rank: int) -> None:
+    """Every buffer of ``model`` set to rank 0's ``source`` (``None`` elsewhere): non-persistent buffers (rotary
+    frequencies) are in no state dict, and a meta-device build leaves them empty."""
+    import torch.distributed as dist
+
     buffers = dict(source.named_buffers()) if source is not None else {}
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             if rank == 0:
                 buffer.copy_(buffers[name])
             dist.broadcast(buffer, src=0)
-    del values, buffers
-    _follow_rank0_rng()
-    return model
 
 
 def _follow_rank0_rng() -> None:

@@ -100,3 +100,19 @@ def run_worker(module: str, mode: str, out: Path, timeout: int = 900, **env_vars
         timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+def rank_weights(out: Path, run: str, rank: int) -> dict:
+    """The trainable weights rank ``rank`` of a worker's run saved (``<run>-rank<r>.pt``)."""
+    import torch
+
+    return torch.load(out / f"{run}-rank{rank}.pt", weights_only=True)
+
+
+def assert_ranks_hold_identical_weights(out: Path, run: str) -> None:
+    import torch
+
+    first, second = rank_weights(out, run, 0), rank_weights(out, run, 1)
+    assert first and first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name

@@ -40,6 +40,7 @@ from tests.training.scale_worker import (
     MEMORY_BACKBONE,
     _peak_rss_since_reset,
     _reset_peak,
+    measure_build_memory,
     model,
     trainer,
 )
@@ -168,17 +169,8 @@ def _memory_rank(rank: int, world: int, init_file: str, out: str) -> None:
 
 
 def main_memory(out: Path) -> None:
-    """The full build (this process), then a 2-process ZeRO-3 build."""
-    torch.set_num_threads(1)
-    with deferred_build():
-        lm = MultiTaskLM(MEMORY_BACKBONE, method="hycam")
-    before = _reset_peak()
-    full = lm.build_model()
-    peak = _peak_rss_since_reset() - before
-    params = sum(p.numel() for p in full.parameters())
-    (out / "memory-full.json").write_text(json.dumps({"peak": peak, "params": params}))
-    del full
-    torch.multiprocessing.spawn(_memory_rank, args=(2, str(out / "init"), str(out)), nprocs=2, join=True)
+    """The full build, then a 2-process ZeRO-3 build."""
+    measure_build_memory(out, _memory_rank)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -166,8 +167,8 @@ def _memory_rank(rank: int, world: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def main_memory(out: Path) -> None:
-    """The full build (this process), then a 2-process sharded build."""
+def measure_build_memory(out: Path, sharded_rank: Any) -> None:
+    """The full build's peak (this process), then ``sharded_rank(rank, world, init_file, out)`` on 2 processes."""
     torch.set_num_threads(1)
     with deferred_build():
         lm = MultiTaskLM(MEMORY_BACKBONE, method="hycam")
@@ -177,8 +178,12 @@ def main_memory(out: Path) -> None:
     params = sum(p.numel() for p in full.parameters())
     (out / "memory-full.json").write_text(json.dumps({"peak": peak, "params": params}))
     del full
-    init_file = out / "init"
-    torch.multiprocessing.spawn(_memory_rank, args=(2, str(init_file), str(out)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(sharded_rank, args=(2, str(out / "init"), str(out)), nprocs=2, join=True)
+
+
+def main_memory(out: Path) -> None:
+    """The full build, then a 2-process FSDP2 build."""
+    measure_build_memory(out, _memory_rank)
 
 
 if __name__ == "__main__":

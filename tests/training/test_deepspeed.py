@@ -16,7 +16,15 @@ import yaml
 
 from hycam_pl.training.export import export, module_from_checkpoint, read_checkpoint
 
-from .conftest import REPO, assert_export_reproduces_logits, run_cli, run_worker, tiny_quickstart
+from .conftest import (
+    REPO,
+    assert_export_reproduces_logits,
+    assert_ranks_hold_identical_weights,
+    rank_weights,
+    run_cli,
+    run_worker,
+    tiny_quickstart,
+)
 from .scale_worker import model, single_process_fit
 
 TRAINER_CONFIGS = REPO / "configs" / "trainer"
@@ -27,10 +35,6 @@ def runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("deepspeed")
     run_worker("deepspeed_worker", "fit", out)
     return out
-
-
-def _weights(out: Path, run: str, rank: int) -> dict[str, torch.Tensor]:
-    return torch.load(out / f"{run}-rank{rank}.pt", weights_only=True)
 
 
 ZERO3_METHODS = ("lora", "dora", "ia3", "molora", "hydralora", "full")
@@ -49,10 +53,7 @@ ZERO3_METHODS = ("lora", "dora", "ia3", "molora", "hydralora", "full")
     ],
 )
 def test_both_ranks_hold_identical_adapter_weights(runs, run):
-    first, second = _weights(runs, run, 0), _weights(runs, run, 1)
-    assert first and first.keys() == second.keys()
-    for name in first:
-        assert torch.equal(first[name], second[name]), name
+    assert_ranks_hold_identical_weights(runs, run)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_two_rank_deepspeed_runs_match_one_process(runs, tmp_path, method, runs_
     assert any(not torch.equal(single[n], initial[n]) for n in single), "training changed nothing"
     atol = 1e-4 if method == "full" else 1e-5  # full: 2-rank reduction order over every weight of the model
     for run in runs_of_method:
-        weights = _weights(runs, run, 0)
+        weights = rank_weights(runs, run, 0)
         assert weights.keys() == single.keys()
         for name, value in single.items():
             torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=atol, msg=f"{run}: {name}")
@@ -78,7 +79,7 @@ def test_two_rank_deepspeed_runs_match_one_process(runs, tmp_path, method, runs_
 def test_zero3_trains_in_bf16_with_activation_checkpointing(runs):
     info = json.loads((runs / "zero3-bf16-checkpointed-rank0.json").read_text())
     assert info == {"checkpointing": True, "dtype": "torch.bfloat16"}
-    trained = _weights(runs, "zero3-bf16-checkpointed", 0)
+    trained = rank_weights(runs, "zero3-bf16-checkpointed", 0)
     initial = {n: p.detach() for n, p in model("hycam").named_parameters() if p.requires_grad}
     assert trained.keys() == initial.keys()
     assert all(torch.isfinite(v).all() for v in trained.values())
@@ -86,13 +87,13 @@ def test_zero3_trains_in_bf16_with_activation_checkpointing(runs):
 
 
 def test_resumed_zero3_run_continues_exactly_and_tests_from_its_checkpoint_folder(runs):
-    straight, resumed = _weights(runs, "zero3-hycam", 0), _weights(runs, "zero3-hycam-resumed", 0)
+    straight, resumed = rank_weights(runs, "zero3-hycam", 0), rank_weights(runs, "zero3-hycam-resumed", 0)
     assert any(".experts." in name for name in straight)  # HyCAM: Gumbel routing, per-rank random streams
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     # test() of a fresh module from the run's last checkpoint folder: it evaluates exactly the trained weights
     for rank in (0, 1):
-        tested = _weights(runs, "zero3-hycam-tested", rank)
+        tested = rank_weights(runs, "zero3-hycam-tested", rank)
         assert tested.keys() == straight.keys()
         for name in straight:
             torch.testing.assert_close(tested[name], resumed[name], rtol=0, atol=0, msg=name)

@@ -20,7 +20,15 @@ from lightning.pytorch.cli import instantiate_class
 from hycam_pl.training.export import export, module_from_checkpoint
 from hycam_pl.training.sharding import check_strategy, trainable_units
 
-from .conftest import REPO, assert_export_reproduces_logits, run_cli, run_worker, tiny_quickstart
+from .conftest import (
+    REPO,
+    assert_export_reproduces_logits,
+    assert_ranks_hold_identical_weights,
+    rank_weights,
+    run_cli,
+    run_worker,
+    tiny_quickstart,
+)
 from .scale_worker import model, single_process_fit
 
 TRAINER_CONFIGS = REPO / "configs" / "trainer"
@@ -41,16 +49,9 @@ def runs(tmp_path_factory) -> Path:
     return out
 
 
-def _weights(out: Path, run: str, rank: int) -> dict[str, torch.Tensor]:
-    return torch.load(out / f"{run}-rank{rank}.pt", weights_only=True)
-
-
 @pytest.mark.parametrize("run", ["ddp", "fsdp2", "fsdp2-hycam", "fsdp2-molora", "fsdp2-hydralora"])
 def test_both_ranks_hold_identical_adapter_weights(runs, run):
-    first, second = _weights(runs, run, 0), _weights(runs, run, 1)
-    assert first and first.keys() == second.keys()
-    for name in first:
-        assert torch.equal(first[name], second[name]), name
+    assert_ranks_hold_identical_weights(runs, run)
 
 
 def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_path):
@@ -59,7 +60,7 @@ def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_p
     initial = {n: p.detach() for n, p in fresh.named_parameters() if p.requires_grad}
     assert any(not torch.equal(single[n], initial[n]) for n in single), "training changed nothing"
     for run in ("ddp", "fsdp2"):
-        weights = _weights(runs, run, 0)
+        weights = rank_weights(runs, run, 0)
         assert weights.keys() == single.keys()
         for name, value in single.items():
             torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-6, msg=f"{run}: {name}")
@@ -69,7 +70,7 @@ def test_two_process_runs_match_one_process_on_the_same_global_batch(runs, tmp_p
 def test_fsdp2_mixture_baselines_match_one_process(runs, tmp_path, method):
     """MoLoRA / HydraLoRA route in hooks; sharded, they train exactly as in one process (soft top-k: no noise)."""
     single = single_process_fit(method, runs, tmp_path)
-    weights = _weights(runs, f"fsdp2-{method}", 0)
+    weights = rank_weights(runs, f"fsdp2-{method}", 0)
     assert weights.keys() == single.keys()
     initial = {n: p.detach() for n, p in model(method).named_parameters() if p.requires_grad}
     assert any(not torch.equal(single[n], initial[n]) for n in single), "training changed nothing"
@@ -78,7 +79,7 @@ def test_fsdp2_mixture_baselines_match_one_process(runs, tmp_path, method):
 
 
 def test_resumed_fsdp2_run_continues_exactly(runs):
-    straight, resumed = _weights(runs, "fsdp2-hycam", 0), _weights(runs, "fsdp2-hycam-resumed", 0)
+    straight, resumed = rank_weights(runs, "fsdp2-hycam", 0), rank_weights(runs, "fsdp2-hycam-resumed", 0)
     assert any(".experts." in name for name in straight)  # HyCAM: Gumbel routing, per-rank random streams
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
