@@ -1,8 +1,7 @@
 """``hycam export CKPT OUT_DIR``: the portable adapter folder from any strategy's checkpoint.
 
 A checkpoint holds the trainable weights (full tensors, gathered on save) and the hyper-parameters; the adapter
-is written by the method's own ``save`` (safetensors + JSON for ``hycam``/``cam``/``molora``/``hydralora``, a peft
-folder for ``lora``/``dora``/``ia3``) from a model whose frozen backbone is never loaded: it is built on the meta
+is written by the method's own ``save`` from a model whose frozen backbone is never loaded: it is built on the meta
 device and only the trainable tensors are put in. Lightning's distributed checkpoint folders (FSDP2 with
 ``save_distributed_checkpoint: true``) and DeepSpeed checkpoint folders are consolidated first.
 """
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from hycam_pl.methods import upgrade_hparams
 from hycam_pl.training.sharding import deferred_build
 from hycam_pl.training.validation import report_user_errors
 
@@ -96,6 +96,7 @@ def module_from_checkpoint(checkpoint: dict[str, Any]):
     hparams = checkpoint.get("hyper_parameters")
     if not hparams:
         raise ValueError("the checkpoint has no hyper_parameters; was it saved by hycam fit?")
+    hparams = upgrade_hparams(hparams)
     with deferred_build():
         return MultiTaskLM(**{k: v for k, v in hparams.items() if not k.startswith("_")})
 
@@ -104,7 +105,7 @@ def write_adapter(module: Any, trainable: dict[str, torch.Tensor], directory: st
     """The method's adapter folder from ``{"model.<name>": tensor}`` trainable weights, without the backbone's."""
     if not module.method.exports_adapter:
         raise ValueError(
-            f"model.method={module.hparams.method!r} trains the whole model and has no adapter to export; "
+            f"model.method={module.method.name!r} trains the whole model and has no adapter to export; "
             "use the checkpoint itself"
         )
     model = module.build_model(structure_only=True)  # meta device: no backbone weights read or allocated
@@ -113,8 +114,8 @@ def write_adapter(module: Any, trainable: dict[str, torch.Tensor], directory: st
     missing = sorted(wanted - set(state))
     if missing:
         raise ValueError(
-            f"the checkpoint lacks {len(missing)} trainable tensors of model.method={module.hparams.method!r} "
-            f"(e.g. {missing[:3]}); was it saved by this method and hycam config?"
+            f"the checkpoint lacks {len(missing)} trainable tensors of model.method={module.method.name!r} "
+            f"(e.g. {missing[:3]}); was it saved by this method and its options?"
         )
     model.load_state_dict({k: state[k] for k in wanted}, strict=False, assign=True)
     for name, param in model.named_parameters():

@@ -15,9 +15,9 @@ import lightning as L
 import torch
 
 from hycam_pl.backbone import load_backbone
-from hycam_pl.methods import build_method
+from hycam_pl.methods import AdaptationMethod, resolve_method
 from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_table, write_results
-from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics, without_routing_records
+from hycam_pl.modulation import find_state, routing_statistics, without_routing_records
 from hycam_pl.training.losses import LOSS_REDUCTIONS, per_example_nll, task_loss_terms
 from hycam_pl.training.resume import apply_optimizer_options, shape_mismatches
 from hycam_pl.training.sharding import (
@@ -32,7 +32,7 @@ from hycam_pl.training.sharding import (
     save_fit_adapter,
     synchronised_batches,
 )
-from hycam_pl.training.validation import check_tokenizer_fits, load_initial_adapter
+from hycam_pl.training.validation import check_tokenizer_fits
 
 CHECKPOINTING = (False, True, "reentrant", "non_reentrant")
 log = logging.getLogger(__name__)
@@ -60,12 +60,10 @@ class MultiTaskLM(L.LightningModule):
     Args:
         backbone: hub name, local directory, or a transformers config dict (``model_type`` + fields) for
             offline/tiny runs, randomly initialised with ``init_seed``.
-        method: ``hycam`` | ``cam`` | ``full`` | ``lora`` | ``dora`` | ``ia3`` | ``molora`` | ``hydralora`` (or any
-            registered method).
-        hycam: the HyCAM configuration (``hycam``/``cam``; the reference of a parameter-matched ``lora``).
-        method_options: the other methods' own options (e.g. ``{r: 16, target_modules: [q_proj, v_proj]}``).
-        learning_rate: base learning rate; ``shared_lr`` and ``expert_lr`` override it for the shared CAM and for
-            the specialised CAMs + router.
+        method: the adaptation method, which owns its options: a registered name with its defaults (``hycam``,
+            ``cam``, ``full``, ``lora``, ``dora``, ``ia3``, ``molora``, ``hydralora``) or an
+            :class:`~hycam_pl.methods.AdaptationMethod` (in a config: ``class_path`` + ``init_args``).
+        learning_rate: base learning rate (a method may set its own rates for some parameters).
         activation_checkpointing: False, True / "non_reentrant", or "reentrant".
         max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient.
         max_scaler_skips: under fp16 loss scaling (``precision: 16-mixed``), stop after this many consecutive
@@ -83,12 +81,8 @@ class MultiTaskLM(L.LightningModule):
     def __init__(
         self,
         backbone: str | dict[str, Any],
-        method: str = "hycam",
-        hycam: HyCAMConfig | None = None,
-        method_options: dict[str, Any] | None = None,
+        method: str | AdaptationMethod = "hycam",
         learning_rate: float = 2e-5,
-        shared_lr: float | None = None,
-        expert_lr: float | None = None,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_ratio: float = 0.03,
@@ -120,20 +114,15 @@ class MultiTaskLM(L.LightningModule):
                 f"model.loss_reduction={loss_reduction!r} is invalid; allowed: {', '.join(LOSS_REDUCTIONS)}"
             )
         # Plain types only in hparams (and so in checkpoints): dataclasses would need unsafe unpickling.
-        if isinstance(hycam, dict):
-            hycam = HyCAMConfig.from_dict(hycam)
+        self.method = resolve_method(method)
         if isinstance(generation, dict):
             generation = GenerationSettings(**generation)
         self.generation = generation or GenerationSettings()
         self.save_hyperparameters(
             {
                 "backbone": backbone,
-                "method": method,
-                "hycam": hycam.to_dict() if hycam is not None else None,
-                "method_options": method_options,
+                "method": self.method.spec(),
                 "learning_rate": learning_rate,
-                "shared_lr": shared_lr,
-                "expert_lr": expert_lr,
                 "weight_decay": weight_decay,
                 "betas": list(betas),
                 "warmup_ratio": warmup_ratio,
@@ -149,7 +138,6 @@ class MultiTaskLM(L.LightningModule):
                 "max_scaler_skips": max_scaler_skips,
             }
         )
-        self.method = build_method(method, hycam=hycam, method_options=method_options)
         # The backbone is built at the end of the constructor, or, inside ``sharding.deferred_build()`` (the
         # CLI under FSDP/DeepSpeed), lazily in ``configure_model``: sharded strategies build it per rank there,
         # without every rank holding a full copy first.
@@ -200,9 +188,10 @@ class MultiTaskLM(L.LightningModule):
                     attn_implementation=hp.attn_implementation,
                     init_seed=hp.init_seed,
                 )
-        model = self.method.apply(model)
         if hp.adapter is not None and not (structure_only or partitioned):
-            load_initial_adapter(model, hp.adapter)
+            model = self.method.load(model, hp.adapter)  # the method applied, with the saved weights
+        else:
+            model = self.method.apply(model)
         if hp.activation_checkpointing:
             reentrant = hp.activation_checkpointing == "reentrant"
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
@@ -497,7 +486,8 @@ class MultiTaskLM(L.LightningModule):
     @torch.no_grad()
     def _routing_summaries(self, ids: torch.Tensor, mask: torch.Tensor) -> list[dict[str, Any]] | None:
         """Per example: the mean expert load over layers on exactly the generated prompt + response tokens."""
-        if not is_attached(self.model) or not self.method.config.num_experts:
+        state = find_state(self.model, required=False)
+        if state is None or not getattr(state.config, "num_experts", 0):
             return None
         self.model(input_ids=ids, attention_mask=mask, use_cache=False)
         stats = routing_statistics(self.model)
@@ -527,10 +517,9 @@ class MultiTaskLM(L.LightningModule):
     # ------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        overrides = {k: v for k, v in (("shared", hp.shared_lr), ("experts", hp.expert_lr)) if v is not None}
-        groups = self.method.parameter_groups(self.model, hp.learning_rate, hp.weight_decay, overrides)
+        groups = self.method.parameter_groups(self.model, hp.learning_rate, hp.weight_decay)
         if not groups:
-            raise ValueError(f"model.method={hp.method!r} left no trainable parameters")
+            raise ValueError(f"model.method={self.method.name!r} left no trainable parameters")
         optimizer = adamw(self, groups, hp.learning_rate, tuple(hp.betas))  # DeepSpeed's under ZeRO-Offload
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(math.ceil(hp.warmup_ratio * total))
@@ -570,13 +559,13 @@ class MultiTaskLM(L.LightningModule):
             raise ValueError(
                 f"checkpoint does not fit this model: {len(missing)} trainable tensors missing "
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
-                "was it trained with a different method, backbone or hycam config?"
+                "was it trained with a different model.method or model.backbone?"
             )
         reshaped = shape_mismatches(logical_shapes(self), checkpoint.get("state_dict", {}))
         if reshaped:
             raise ValueError(
                 f"checkpoint does not fit this model: {len(reshaped)} tensors have other shapes (e.g. "
-                f"{'; '.join(reshaped[:2])}); was it trained with a different model.hycam or model.backbone?"
+                f"{'; '.join(reshaped[:2])}); was it trained with different model.method options or model.backbone?"
             )
         states = checkpoint.get("hycam_rng_state")
         rank, world = (

@@ -13,8 +13,9 @@ import torch
 
 from hycam_pl.cli import main
 from hycam_pl.data import MultiTaskDataModule
-from hycam_pl.methods import METHODS, build_method
+from hycam_pl.methods import METHODS, resolve_method
 from hycam_pl.training import MultiTaskLM
+from tests.methods.helpers import build as build_method
 from tests.tiny import tiny_byte_llama
 from tests.training.conftest import tiny_quickstart
 from tests.training.test_resume import Interrupt, InterruptAt, trainer
@@ -37,8 +38,7 @@ def build(tmp_path, method):
     )
     model = MultiTaskLM(
         tiny_byte_llama(tie_word_embeddings=False),
-        method=method,
-        method_options=OPTIONS[method],
+        method=build_method(method, **OPTIONS[method]),
         learning_rate=5e-3,
     )
     return model, data
@@ -69,10 +69,9 @@ def test_resume_is_bit_identical(tmp_path, method) -> None:
 def test_cli_fit_switches_method_with_one_option(tmp_path, monkeypatch, method) -> None:
     config = tiny_quickstart(tmp_path, max_steps=2, val_every=2, num_examples=8)
     monkeypatch.chdir(tmp_path)
-    # As the method sweep writes it: the methods without HyCAM options drop model.hycam.
-    options = ["--model.method", method, *([] if method in ("hycam", "cam") else ["--model.hycam", "null"])]
+    options = ["--model.method", method]  # as the method sweep writes it: one key
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out:
-        warnings.simplefilter("ignore")  # model.hycam of tiny.yaml is ignored by cam
+        warnings.simplefilter("ignore")
         main(["fit", "-c", str(config), *options, "--trainer.limit_val_batches", "1"])
         main(
             ["test", "-c", str(config), *options, "--ckpt_path", "last", "--trainer.limit_test_batches", "1"]
@@ -92,14 +91,8 @@ def test_cli_fit_switches_method_with_one_option(tmp_path, monkeypatch, method) 
     hparams = checkpoint["hyper_parameters"]
     module = MultiTaskLM(**{k: v for k, v in hparams.items() if k != "_instantiator"})
     module.load_state_dict(checkpoint["state_dict"], strict=False)
-    fresh = MultiTaskLM(**{**hparams, "method": "full", "hycam": None, "method_options": None}).model
-    method_object = build_method(method, method_options=hparams["method_options"])
-    if method in ("hycam", "cam"):
-        from hycam_pl import load_adapter
-
-        reloaded = load_adapter(fresh, adapter)
-    else:
-        reloaded = method_object.load(fresh, str(adapter))
+    fresh = MultiTaskLM(**{**hparams, "method": "full"}).model
+    reloaded = resolve_method(hparams["method"]).load(fresh, str(adapter))
     ids = torch.randint(1, 300, (2, 12))
     module.model.eval(), reloaded.eval()
     with torch.no_grad():

@@ -41,7 +41,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 "output": str(tmp / "out"),
                 "overrides": {"trainer.val_check_interval": 1},
                 # the failing point first: it fails while a good one runs, and costs no extra wall time
-                "grid": {"model.hycam.rank": [1000, 4, 8]},
+                "grid": {"model.method.rank": [1000, 4, 8]},
                 "seeds": [0],
                 "metrics": METRICS,
                 "resources": {"cpu": 1},
@@ -106,7 +106,7 @@ def test_table_plots_and_hparams(swept: dict) -> None:
         content = accumulator.PluginTagToContent("hparams")
         start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
         hparams = {k: v.number_value for k, v in start.session_start_info.hparams.items()}
-        assert hparams == {"model.hycam.rank": rank, "seed": 0}
+        assert hparams == {"model.method.rank": rank, "seed": 0}
         value = accumulator.Scalars("macro/loss")[0].value
         assert value == pytest.approx(float(rows[trial]["macro/loss"]), rel=1e-6)
 
