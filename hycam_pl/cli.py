@@ -1,4 +1,5 @@
 """``hycam fit|validate|test|predict -c config.yaml``: LightningCLI over MultiTaskLM and MultiTaskDataModule.
+``hycam sweep``, ``hycam export`` and ``hycam compare`` are plain commands of their own modules.
 
 Configs mirror constructor arguments (``class_path``/``init_args``) and may use OmegaConf interpolation, e.g. one
 ``max_length`` referenced by data and model: ``${data.max_length}``.
@@ -70,6 +71,10 @@ def main(args: list[str] | None = None) -> None:
         from hycam_pl.sweeps.cli import main as sweep
 
         return sweep(argv[1:])
+    if argv[:1] == ["compare"]:  # paired statistics of test runs (hycam_pl.metrics.compare)
+        from hycam_pl.metrics.compare import main as compare
+
+        raise SystemExit(compare(argv[1:]))
     if argv[:1] == ["export"]:  # a checkpoint's adapter folder (hycam_pl.training.export)
         from hycam_pl.training.export import main as export
 
