@@ -20,6 +20,7 @@ import yaml
 from hycam_pl.io import write_json_atomically, write_text_atomically
 from hycam_pl.sweeps import trial as trial_module
 from hycam_pl.sweeps.aggregate import TrialRecord, aggregate, read_record
+from hycam_pl.sweeps.lock import sweep_lock
 from hycam_pl.sweeps.spec import LOG_NAME, LOG_VERSION, SweepError, SweepSpec, Trial, trial_config
 from hycam_pl.sweeps.trial import CONFIG, FAILED, INTERRUPTED, RESULT, read_json
 
@@ -240,6 +241,13 @@ def run_sweep(
     done, 1 when some failed or did not run."""
     cwd = (cwd or Path.cwd()).resolve()
     sweep_dir = spec.output if spec.output.is_absolute() else cwd / spec.output
+    with sweep_lock(sweep_dir):  # one sweep per directory: a second one is refused, naming the holder
+        return _run_locked(spec, sweep_dir, cwd, address, retry_failed, aggregate_only)
+
+
+def _run_locked(
+    spec: SweepSpec, sweep_dir: Path, cwd: Path, address: str | None, retry_failed: bool, aggregate_only: bool
+) -> int:
     planned = plan(spec, sweep_dir, retry_failed)
     to_run = [] if aggregate_only else [p for p in planned if p.status == "pending"]
     # Seed-major: every grid point's first seed runs before any second seed, so an interrupted sweep has
