@@ -8,6 +8,7 @@ Configs mirror constructor arguments (``class_path``/``init_args``) and may use 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,29 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from hycam_pl.data import MultiTaskDataModule
+from hycam_pl.methods.base import plain
 from hycam_pl.methods.legacy import retired_options_error
 from hycam_pl.training import MultiTaskLM
 from hycam_pl.training.checkpoints import install_safe_checkpoint_loading
 from hycam_pl.training.faults import install_atomic_checkpoint_io, install_final_last_checkpoint
 from hycam_pl.training.resume import check_output_directories, prepare_checkpoint
-from hycam_pl.training.sharding import deferred_build, quiet_deepspeed_detection, shards_weights
+from hycam_pl.training.sharding import (
+    check_strategy,
+    deferred_build,
+    quiet_deepspeed_detection,
+    shards_weights,
+)
 from hycam_pl.training.signals import exit_codes_for_signals
-from hycam_pl.training.validation import preflight, report_user_errors, validate_cli_config
+from hycam_pl.training.validation import preflight, report_user_errors, validate_model_options
+
+
+def validate_cli_config(config: Any, subcommand: str | None) -> None:
+    """Check the parsed ``hycam`` config (a jsonargparse Namespace) before LightningCLI instantiates anything."""
+    section = config[subcommand] if subcommand else config
+    check_strategy(plain(section.get("trainer") if hasattr(section, "get") else None))
+    model = plain(section.get("model") if hasattr(section, "get") else None)
+    if isinstance(model, Mapping):
+        validate_model_options(model.get("init_args", model))
 
 
 class HyCAMCLI(LightningCLI):

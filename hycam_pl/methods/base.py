@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hycam_pl.modulation.model import count_parameters_by
+
 # A normalisation layer's name as transformers and torch spell them: ``input_layernorm``, ``norm``,
 # ``LayerNorm``, ``layer_norm``, ``ln_f``/``ln_1`` (GPT-2), ``q_norm``.
 _NORM_LAYER = re.compile(r"norm|^ln(_|$)", re.IGNORECASE)
@@ -34,19 +36,6 @@ def is_bias_or_norm(name: str) -> bool:
     if "bias" in parts[-1].lower():
         return True
     return len(parts) > 1 and _NORM_LAYER.search(parts[-2]) is not None
-
-
-def count_parameters_by(model: nn.Module, component: Callable[[str], str]) -> dict[str, dict[str, int]]:
-    """Trainable/frozen counts per ``component(parameter name)`` and in ``total`` (each tensor once, so tied
-    embeddings count once): the one parameter counter every method's summary uses."""
-    counts: dict[str, dict[str, int]] = {}
-    for name, param in model.named_parameters():
-        kind = "trainable" if param.requires_grad else "frozen"
-        for key in dict.fromkeys((component(name), "total")):
-            counts.setdefault(key, {"trainable": 0, "frozen": 0})[kind] += param.numel()
-    counts.setdefault("total", {"trainable": 0, "frozen": 0})
-    counts["total"] = counts.pop("total")
-    return counts
 
 
 def trainable_count(model: nn.Module) -> int:

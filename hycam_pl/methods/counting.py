@@ -13,6 +13,7 @@ import transformers
 
 from hycam_pl.backbone import config_from_dict
 from hycam_pl.methods.base import resolve_method
+from hycam_pl.modulation.model import count_parameters_by
 
 SMOLLM2_135M: dict[str, Any] = {
     "model_type": "llama",
@@ -73,8 +74,8 @@ def trainable_parameters(shape: dict[str, Any], method: Any) -> tuple[int, int]:
     built = resolve_method(method)
     with contextlib.redirect_stdout(io.StringIO()):  # the parameter-matched LoRA prints its match
         model = built.apply(meta_model(shape))
-    unique = {id(p): p for p in model.parameters()}.values()  # tied embeddings once
-    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+    total = count_parameters_by(model, lambda name: "total")["total"]  # tied embeddings once
+    return total["trainable"], total["trainable"] + total["frozen"]
 
 
 def table() -> str:

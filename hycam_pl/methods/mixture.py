@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hycam_pl.methods.base import AdaptationMethod, count_parameters_by, register_method
+from hycam_pl.methods.base import AdaptationMethod, register_method
 from hycam_pl.modulation.balance import DEFAULT_BALANCE_SCOPE
 from hycam_pl.modulation.mixture import (
     ATTENTION_PROJECTIONS,
@@ -18,6 +18,7 @@ from hycam_pl.modulation.mixture import (
     mixture_balance_loss,
     save_mixture,
 )
+from hycam_pl.modulation.model import count_parameters_by
 
 # Options that only change training (routing noise, balance pressure) or evaluation: free to change on resume.
 SETTINGS = ("dropout", "tau", "eval_routing", "balance_coef", "balance_scale_by_experts", "balance_scope")

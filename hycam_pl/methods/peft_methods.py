@@ -24,13 +24,13 @@ from torch import nn
 
 from hycam_pl.methods.base import (
     AdaptationMethod,
-    count_parameters_by,
     is_bias_or_norm,
     register_method,
     trainable_count,
 )
 from hycam_pl.modulation import HyCAMConfig
 from hycam_pl.modulation.mixture import ATTENTION_PROJECTIONS
+from hycam_pl.modulation.model import count_parameters_by, validate_for_model
 from hycam_pl.modulation.persistence import AdapterError, base_identity, check_base_matches
 from hycam_pl.modulation.persistence import _expected_shapes as hycam_expected_shapes
 
@@ -231,8 +231,6 @@ def lora_parameters_per_rank(model: nn.Module, targets: list[str]) -> int:
 
 def hycam_trainable_count(model: nn.Module, config: HyCAMConfig) -> int:
     """HyCAM's trainable parameters on ``model`` (shapes from meta-device modules; nothing is attached)."""
-    from hycam_pl.modulation.model import validate_for_model
-
     shapes = hycam_expected_shapes(model, config, validate_for_model(model, config))
     return sum(int(torch.Size(shape).numel()) for shape in shapes.values())
 

@@ -23,7 +23,9 @@ from hycam_pl.io import fsync_directory
 from hycam_pl.methods import upgrade_hparams
 from hycam_pl.methods.peft_methods import METHOD_FILE
 from hycam_pl.modulation.persistence import CONFIG_FILE
+from hycam_pl.training.adapters import write_adapter
 from hycam_pl.training.checkpoints import TRUST_ENV, read_checkpoint
+from hycam_pl.training.module import MultiTaskLM
 from hycam_pl.training.resume import check_writable
 from hycam_pl.training.sharding import deferred_build
 from hycam_pl.training.validation import report_user_errors
@@ -33,37 +35,12 @@ USAGE = "hycam export CKPT OUT_DIR: write the adapter folder of a training check
 
 def module_from_checkpoint(checkpoint: dict[str, Any]):
     """A ``MultiTaskLM`` with the checkpoint's hyper-parameters; its backbone is not built (lazy)."""
-    from hycam_pl.training import MultiTaskLM
-
     hparams = checkpoint.get("hyper_parameters")
     if not hparams:
         raise ValueError("the checkpoint has no hyper_parameters; was it saved by hycam fit?")
     hparams = upgrade_hparams(hparams)
     with deferred_build():
         return MultiTaskLM(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-
-
-def write_adapter(module: Any, trainable: dict[str, torch.Tensor], directory: str | os.PathLike) -> Path:
-    """The method's adapter folder from ``{"model.<name>": tensor}`` trainable weights, without the backbone's."""
-    if not module.method.exports_adapter:
-        raise ValueError(
-            f"model.method={module.method.name!r} trains the whole model and has no adapter to export; "
-            "use the checkpoint itself"
-        )
-    model = module.build_model(structure_only=True)  # meta device: no backbone weights read or allocated
-    wanted = {n for n, p in model.named_parameters() if p.requires_grad}
-    state = {k.removeprefix("model."): v for k, v in trainable.items()}
-    missing = sorted(wanted - set(state))
-    if missing:
-        raise ValueError(
-            f"the checkpoint lacks {len(missing)} trainable tensors of model.method={module.method.name!r} "
-            f"(e.g. {missing[:3]}); was it saved by this method and its options?"
-        )
-    model.load_state_dict({k: state[k] for k in wanted}, strict=False, assign=True)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in wanted)
-    module.method.save(model, str(directory))
-    return Path(directory)
 
 
 def export(checkpoint_path: str | os.PathLike, directory: str | os.PathLike) -> Path:

@@ -32,6 +32,7 @@ import torch
 
 from hycam_pl.backbone import config_from_dict
 from hycam_pl.methods import resolve_method, upgrade_hparams
+from hycam_pl.methods.base import plain
 from hycam_pl.training.checkpoints import CKPT_SUFFIX, is_checkpoint_folder, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,6 @@ def _get(namespace: Any, key: str, default: Any = None) -> Any:
         value = namespace.get(key, default)
         return default if value is None else value
     return getattr(namespace, key, default)
-
-
-def _plain(value: Any) -> Any:
-    return value.as_dict() if hasattr(value, "as_dict") and callable(value.as_dict) else value
 
 
 def _first_logger(trainer: Any) -> Any:
@@ -120,7 +117,7 @@ def _checkpoint_callbacks(trainer: Any) -> list[Any]:
         except (ImportError, AttributeError, ValueError):
             continue
         if isinstance(cls, type) and issubclass(cls, ModelCheckpoint):
-            found.append(_plain(_get(callback, "init_args", {})) or {})
+            found.append(plain(_get(callback, "init_args", {})) or {})
     if not found and _get(trainer, "enable_checkpointing", True):
         found.append({})  # Lightning adds a default ModelCheckpoint
     return found
@@ -283,7 +280,7 @@ def option_conflicts(configured: Mapping[str, Any], saved: Mapping[str, Any], su
     if type(old_method) is not type(new_method):
         differ("method", _method_label(old_method), _method_label(new_method))
         return conflicts
-    old_backbone, new_backbone = _plain(saved.get("backbone")), _plain(configured.get("backbone"))
+    old_backbone, new_backbone = plain(saved.get("backbone")), plain(configured.get("backbone"))
     if isinstance(old_backbone, Mapping) and isinstance(new_backbone, Mapping):
         old_backbone, new_backbone = dict(old_backbone), dict(new_backbone)
         for key in sorted(set(old_backbone) | set(new_backbone)):
@@ -314,7 +311,7 @@ def changed_options(configured: Mapping[str, Any], saved: Mapping[str, Any], sub
     for key in sorted(set(saved) | set(configured)):
         if key in skip or key.startswith("_"):
             continue
-        old, new = _plain(saved.get(key)), _plain(configured.get(key))
+        old, new = plain(saved.get(key)), plain(configured.get(key))
         if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
             old, new = list(old), list(new)
         if old != new:
@@ -349,8 +346,35 @@ def check_options_fit_checkpoint(
 
 
 def _plain_value(value: Any) -> Any:
-    value = _plain(value)
+    value = plain(value)
     return list(value) if isinstance(value, tuple) else value
+
+
+def check_checkpoint_fits(
+    trainable: set[str],
+    known: set[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    checkpoint: Mapping[str, Any],
+) -> None:
+    """Refuse a checkpoint whose tensors do not fit the model (``trainable``/``known``: the module's trainable
+    and all state keys; ``shapes``: their logical shapes) with one line, not torch's size-mismatch traceback."""
+    state = checkpoint.get("state_dict")
+    if state is None:  # a sharded strategy loaded the weights itself (and popped them)
+        return
+    missing = sorted(trainable - set(state))
+    unexpected = sorted(set(state) - known)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not fit this model: {len(missing)} trainable tensors missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+            "was it trained with a different model.method or model.backbone?"
+        )
+    reshaped = shape_mismatches(shapes, state)
+    if reshaped:
+        raise ValueError(
+            f"checkpoint does not fit this model: {len(reshaped)} tensors have other shapes (e.g. "
+            f"{'; '.join(reshaped[:2])}); was it trained with different model.method options or model.backbone?"
+        )
 
 
 def shape_mismatches(
@@ -394,7 +418,7 @@ def prepare_checkpoint(section: Any, subcommand: str) -> Path | None:
     else:
         path = Path(ckpt_path)
     checkpoint = read_checkpoint(path, "--ckpt_path")
-    model = _plain(_get(section, "model", {})) or {}
+    model = plain(_get(section, "model", {})) or {}
     check_options_fit_checkpoint(model, checkpoint, path, subcommand)
     section["ckpt_path"] = str(path)
     if subcommand == "fit" and LAST_PATTERN.match(path.stem):

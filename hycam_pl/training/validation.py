@@ -21,6 +21,7 @@ from torch import nn
 import hycam_pl
 from hycam_pl.backbone import backbone_config
 from hycam_pl.methods import resolve_method
+from hycam_pl.methods.base import plain
 
 EXIT_BAD_INPUT = 2  # bad configuration or data: fix the input, retrying will not help
 EXIT_DIVERGED = 3  # training stopped after too many non-finite steps: resume from a checkpoint with changes
@@ -91,22 +92,11 @@ def report_user_errors() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------- configuration, before any model
-def validate_cli_config(config: Any, subcommand: str | None) -> None:
-    """Check the parsed ``hycam`` config (a jsonargparse Namespace) before LightningCLI instantiates anything."""
-    section = config[subcommand] if subcommand else config
-    from hycam_pl.training.sharding import check_strategy  # imports Lightning's strategies: only here
-
-    check_strategy(_plain(section.get("trainer") if hasattr(section, "get") else None))
-    model = _plain(section.get("model") if hasattr(section, "get") else None)
-    if isinstance(model, Mapping):
-        validate_model_options(model.get("init_args", model))
-
-
 def validate_model_options(options: Mapping[str, Any]) -> None:
     """Every ``model.*`` check that needs no weights: the method's options (checked by its constructor), their
     fit to the backbone's config, and a ``model.adapter`` directory's fit to both (the method's own checks).
     Raises ``ValueError``/``FileNotFoundError`` naming the option."""
-    options = _plain(options)
+    options = plain(options)
     method = resolve_method(options.get("method", "hycam"))
     backbone = _backbone_config(options.get("backbone"))
     if backbone is not None:
@@ -119,7 +109,7 @@ def validate_model_options(options: Mapping[str, Any]) -> None:
 def _backbone_config(source: Any) -> dict[str, Any] | None:
     """hidden size, layer count, vocabulary and type from the backbone's *config* only (never its weights);
     None when that needs the network (a hub name not in the cache): the model loader reports that itself."""
-    source = _plain(source)
+    source = plain(source)
     config = backbone_config(dict(source) if isinstance(source, Mapping) else source)
     if config is None:
         return None
@@ -130,13 +120,6 @@ def _backbone_config(source: Any) -> dict[str, Any] | None:
         "num_hidden_layers": getattr(text, "num_hidden_layers", None),
         "vocab_size": getattr(text, "vocab_size", None),
     }
-
-
-def _plain(value: Any) -> Any:
-    """jsonargparse Namespaces to dicts (recursively), everything else unchanged."""
-    if hasattr(value, "as_dict") and callable(value.as_dict):
-        return value.as_dict()
-    return value
 
 
 # ------------------------------------------------------------------------ data, before any run directory

@@ -40,6 +40,9 @@ def project(tmp_path_factory: pytest.TempPathFactory):
     config["trainer"]["callbacks"] = [
         c for c in config["trainer"]["callbacks"] if not c["class_path"].endswith("RoutingTelemetry")
     ]
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"]["save_top_k"] = -1  # keep epoch=0-step=2.ckpt to resume from
     config["trainer"]["limit_val_batches"] = 1
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     sys.path.insert(0, str(root))
