@@ -7,6 +7,7 @@ resume.
 """
 
 from hycam_pl.methods.base import (
+    DEFAULT_METHOD,
     METHODS,
     AdaptationMethod,
     method_spec,
@@ -20,6 +21,7 @@ from hycam_pl.methods.mixture import HydraLoRAMethod, MixtureMethod, MoLoRAMetho
 from hycam_pl.methods.peft_methods import DoRAMethod, IA3Method, LoRAMethod, PeftMethod
 
 __all__ = [
+    "DEFAULT_METHOD",
     "METHODS",
     "AdaptationMethod",
     "DoRAMethod",

@@ -17,6 +17,7 @@ import importlib
 import inspect
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from hycam_pl.modulation.model import count_parameters_by
 # ``LayerNorm``, ``layer_norm``, ``ln_f``/``ln_1`` (GPT-2), ``q_norm``.
 _NORM_LAYER = re.compile(r"norm|^ln(_|$)", re.IGNORECASE)
 OPTION = "model.method"
+DEFAULT_METHOD = "hycam"  # model.method when a config names none
 
 
 def is_bias_or_norm(name: str) -> bool:
@@ -52,6 +54,9 @@ class AdaptationMethod:
 
     name = "base"
     exports_adapter = False  # whether ``save`` writes a small adapter folder (exported after ``fit``)
+    adapter_index_file: str | None = (
+        None  # the file naming and checking the others: replaced last on re-export
+    )
     init_args: dict[str, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> AdaptationMethod:
@@ -107,6 +112,12 @@ class AdaptationMethod:
     def save(self, model: nn.Module, directory: str) -> None:
         """Write what is needed to reuse the trained method without the Lightning checkpoint."""
         model.save_pretrained(directory)
+
+    @classmethod
+    def adapter_kind(cls, directory: Path) -> str | None:
+        """The kind of adapter folder ``directory`` holds if this class's ``save`` wrote it (e.g. ``"lora"``),
+        else None: ``hycam export`` replaces a previous export only by one of the same kind."""
+        return None
 
     def load(self, model: nn.Module, directory: str) -> nn.Module:
         """Apply the method to a fresh base ``model`` with the weights ``save`` wrote (trainable as after
@@ -202,3 +213,27 @@ def resolve_method(value: Any) -> AdaptationMethod:
 def method_spec(value: Any) -> dict[str, Any]:
     """``model.method`` in its saved form (``{class_path, init_args}`` with every argument)."""
     return resolve_method(value).spec()
+
+
+def method_classes() -> list[type[AdaptationMethod]]:
+    """Every imported :class:`AdaptationMethod` subclass (the registered ones and a user's)."""
+    found: list[type[AdaptationMethod]] = []
+    pending = list(AdaptationMethod.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        if cls not in found:
+            found.append(cls)
+            pending.extend(cls.__subclasses__())
+    return found
+
+
+def adapter_kind(directory: Path) -> str | None:
+    """The kind of adapter ``directory`` holds, as the method class that wrote it says; None for none."""
+    for cls in method_classes():
+        try:
+            kind = cls.adapter_kind(directory)
+        except (OSError, ValueError, AttributeError, TypeError):
+            kind = None
+        if kind is not None:
+            return kind
+    return None

@@ -10,9 +10,11 @@ alone (``num_experts: 0``); any other setting is the typed form::
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +23,12 @@ from torch import nn
 from hycam_pl.methods.base import AdaptationMethod, parameter_groups, register_method
 from hycam_pl.modulation import HyCAMConfig, attach, balance_loss, count_parameters, save_adapter
 from hycam_pl.modulation.model import component_of, resolve_layer_indices
-from hycam_pl.modulation.persistence import identity_mismatches, load_adapter, read_adapter_config
+from hycam_pl.modulation.persistence import (
+    CONFIG_FILE,
+    identity_mismatches,
+    load_adapter,
+    read_adapter_config,
+)
 
 # HyCAMConfig fields that fix the trained tensors or their meaning; the others (tau, hard, eval_routing and the
 # balance options) and the learning rates are training/evaluation settings and may change on resume.
@@ -38,6 +45,7 @@ class HyCAMMethod(AdaptationMethod):
     """
 
     exports_adapter = True
+    adapter_index_file = CONFIG_FILE
 
     def __init__(
         self,
@@ -105,6 +113,11 @@ class HyCAMMethod(AdaptationMethod):
     def save(self, model: nn.Module, directory: str) -> None:
         save_adapter(model, directory)
 
+    @classmethod
+    def adapter_kind(cls, directory: Path) -> str | None:
+        config = _json(Path(directory) / CONFIG_FILE)
+        return "hycam" if isinstance(config, dict) and "hycam_config" in config else None
+
     def load(self, model: nn.Module, directory: str) -> nn.Module:
         self.check_adapter(directory, None)
         try:
@@ -155,6 +168,13 @@ class HyCAMMethod(AdaptationMethod):
 
     def summary(self, model: nn.Module) -> dict[str, dict[str, int]]:
         return count_parameters(model)
+
+
+def _json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 register_method("hycam", HyCAMMethod)

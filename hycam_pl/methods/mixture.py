@@ -1,15 +1,16 @@
-"""``molora`` and ``hydralora``: the mixture-of-LoRA baselines (hycam_pl.modulation.mixture) as methods."""
+"""``molora`` and ``hydralora``: the mixture-of-LoRA baselines (hycam_pl.methods.lora_mixture) as methods."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from hycam_pl.methods.base import AdaptationMethod, register_method
-from hycam_pl.modulation.balance import DEFAULT_BALANCE_SCOPE
-from hycam_pl.modulation.mixture import (
+from hycam_pl.methods.lora_mixture import (
     ATTENTION_PROJECTIONS,
     MixtureConfig,
     attach_mixture,
@@ -18,6 +19,7 @@ from hycam_pl.modulation.mixture import (
     mixture_balance_loss,
     save_mixture,
 )
+from hycam_pl.modulation.balance import DEFAULT_BALANCE_SCOPE
 from hycam_pl.modulation.model import count_parameters_by
 
 # Options that only change training (routing noise, balance pressure) or evaluation: free to change on resume.
@@ -30,6 +32,7 @@ class MixtureMethod(AdaptationMethod):
     The options are :class:`MixtureConfig`'s fields."""
 
     exports_adapter = True
+    adapter_index_file = "adapter_config.json"
     kind = "molora"
 
     def __init__(
@@ -71,6 +74,16 @@ class MixtureMethod(AdaptationMethod):
 
     def save(self, model: nn.Module, directory: str) -> None:
         save_mixture(model, directory)
+
+    @classmethod
+    def adapter_kind(cls, directory: Path) -> str | None:
+        path = Path(directory) / cls.adapter_index_file
+        try:
+            config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+        mixture = config.get("mixture_config") if isinstance(config, dict) else None
+        return str(mixture.get("kind", "mixture")) if isinstance(mixture, dict) else None
 
     def load(self, model: nn.Module, directory: str) -> nn.Module:
         return load_mixture(model, directory)

@@ -28,8 +28,8 @@ from hycam_pl.methods.base import (
     register_method,
     trainable_count,
 )
+from hycam_pl.methods.lora_mixture import ATTENTION_PROJECTIONS
 from hycam_pl.modulation import HyCAMConfig
-from hycam_pl.modulation.mixture import ATTENTION_PROJECTIONS
 from hycam_pl.modulation.model import count_parameters_by, validate_for_model
 from hycam_pl.modulation.persistence import AdapterError, base_identity, check_base_matches
 from hycam_pl.modulation.persistence import _expected_shapes as hycam_expected_shapes
@@ -65,6 +65,7 @@ class PeftMethod(AdaptationMethod):
     options its subclass collects; ``options`` passes further fields of that class through unchanged."""
 
     exports_adapter = True
+    adapter_index_file = "adapter_config.json"  # peft's own; hycam_method.json beside it
     config_class_name = "LoraConfig"
 
     def setup(self, options: dict[str, Any], extra: dict[str, Any] | None) -> None:
@@ -175,6 +176,15 @@ class PeftMethod(AdaptationMethod):
         loaded = peft.PeftModel.from_pretrained(model, str(directory), is_trainable=True)
         loaded.enable_input_require_grads()
         return loaded
+
+    @classmethod
+    def adapter_kind(cls, directory: Path) -> str | None:
+        if not (Path(directory) / METHOD_FILE).is_file():
+            return None
+        try:
+            return f"peft {read_method_file(directory).get('method')}"
+        except (FileNotFoundError, ValueError):
+            return "peft"
 
     def check_adapter(self, directory: str, backbone: Any) -> None:
         try:

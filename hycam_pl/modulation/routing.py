@@ -2,7 +2,7 @@
 state on the decoder, one routing record per decoder forward (opened and closed by hooks), the padding mask of
 the forward's tokens, and how one router's statistics are stored and its balance-loss gradient injected.
 
-Why its own module: the methods that route (``hycam_pl.modulation.model``, ``hycam_pl.modulation.mixture``) build
+Why its own module: the methods that route (``hycam_pl.modulation.model``, ``hycam_pl.methods.lora_mixture``) build
 on it, and the readers of routing (balance loss, telemetry, generation) need nothing method-specific.
 """
 

@@ -9,7 +9,6 @@ device and only the trainable tensors are put in. Lightning's distributed checkp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -21,8 +20,7 @@ import torch
 
 from hycam_pl.io import fsync_directory
 from hycam_pl.methods import upgrade_hparams
-from hycam_pl.methods.peft_methods import METHOD_FILE
-from hycam_pl.modulation.persistence import CONFIG_FILE
+from hycam_pl.methods.base import adapter_kind
 from hycam_pl.training.adapters import write_adapter
 from hycam_pl.training.checkpoints import TRUST_ENV, read_checkpoint
 from hycam_pl.training.module import MultiTaskLM
@@ -64,23 +62,6 @@ def check_export_target(target: Path) -> None:
     check_writable("hycam export OUT_DIR", target)
 
 
-def adapter_format(folder: Path) -> str | None:
-    """What kind of adapter folder ``folder`` holds, from the files every method's ``save`` writes: a peft
-    folder (``hycam_method.json`` names the method), a HyCAM/CAM or LoRA-mixture folder (the key of its config in
-    ``adapter_config.json``); None when it holds no adapter."""
-    method_file, config_file = folder / METHOD_FILE, folder / CONFIG_FILE
-    try:
-        if method_file.is_file():
-            return f"peft {json.loads(method_file.read_text(encoding='utf-8')).get('method')}"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-            keys = [k for k in ("hycam_config", "mixture_config") if isinstance(config, dict) and k in config]
-            return keys[0].removesuffix("_config") if keys else "unknown"
-    except (OSError, ValueError, AttributeError):
-        return "unknown"
-    return None
-
-
 def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: Path) -> Path:
     """The adapter written into a fresh staging folder, then moved into ``target``: a new folder is renamed into
     place whole; an existing one must be empty or hold a previous export of the same kind, and only the files
@@ -97,7 +78,7 @@ def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: 
             return target
         others = sorted(p.name for p in target.iterdir() if p != staging)
         if others:
-            previous, new = adapter_format(target), adapter_format(staged)
+            previous, new = adapter_kind(target), adapter_kind(staged)
             if previous is None:
                 shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
                 raise ValueError(
@@ -114,11 +95,12 @@ def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: 
                 raise ValueError(
                     f"hycam export: {target / entry.name} is a file where the adapter has a folder"
                 )
-        for entry in sorted(staged.iterdir()):  # the adapter's own files only; the config (checksum) last
-            if entry.name != CONFIG_FILE:
+        index = module.method.adapter_index_file  # the file naming and checking the others: last
+        for entry in sorted(staged.iterdir()):  # the adapter's own files only
+            if entry.name != index:
                 _replace(entry, target / entry.name)
-        if (staged / CONFIG_FILE).exists():
-            _replace(staged / CONFIG_FILE, target / CONFIG_FILE)
+        if index is not None and (staged / index).exists():
+            _replace(staged / index, target / index)
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)

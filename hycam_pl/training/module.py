@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from hycam_pl.methods import AdaptationMethod, resolve_method
+from hycam_pl.methods import DEFAULT_METHOD, AdaptationMethod, resolve_method
 from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss
 from hycam_pl.training.building import build_model
 from hycam_pl.training.evaluation import (
@@ -39,14 +39,14 @@ CHECKPOINTING = (False, True, "reentrant", "non_reentrant")
 
 
 class MultiTaskLM(L.LightningModule):
-    """A frozen (or, for ``method: full``, trainable) causal LM adapted to several tasks at once.
+    """A causal LM adapted to several tasks at once by a pluggable method (which decides what trains).
 
     Args:
         backbone: hub name, local directory, or a transformers config dict (``model_type`` + fields) for
             offline/tiny runs, randomly initialised with ``init_seed``.
-        method: the adaptation method, which owns its options: a registered name with its defaults (``hycam``,
-            ``cam``, ``full``, ``lora``, ``dora``, ``ia3``, ``molora``, ``hydralora``) or an
-            :class:`~hycam_pl.methods.AdaptationMethod` (in a config: ``class_path`` + ``init_args``).
+        method: the adaptation method, which owns its options: a registered name with its defaults
+            (``hycam_pl.methods.METHODS``) or an :class:`~hycam_pl.methods.AdaptationMethod` (in a config:
+            ``class_path`` + ``init_args``).
         learning_rate: base learning rate (a method may set its own rates for some parameters).
         activation_checkpointing: False, True / "non_reentrant", or "reentrant".
         max_nonfinite_steps: stop after this many consecutive steps with a non-finite loss or gradient.
@@ -65,7 +65,7 @@ class MultiTaskLM(L.LightningModule):
     def __init__(
         self,
         backbone: str | dict[str, Any],
-        method: str | AdaptationMethod = "hycam",
+        method: str | AdaptationMethod = DEFAULT_METHOD,
         learning_rate: float = 2e-5,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),

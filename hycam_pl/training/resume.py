@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from hycam_pl.backbone import config_from_dict
-from hycam_pl.methods import resolve_method, upgrade_hparams
+from hycam_pl.methods import DEFAULT_METHOD, resolve_method, upgrade_hparams
 from hycam_pl.methods.base import plain
 from hycam_pl.training.checkpoints import CKPT_SUFFIX, is_checkpoint_folder, read_checkpoint
 
@@ -245,7 +245,9 @@ def check_output_directories(section: Any, subcommand: str) -> None:
 # ---------------------------------------------------------------------------------- options vs checkpoint
 def _methods(configured: Mapping[str, Any], saved: Mapping[str, Any]) -> tuple[Any, Any]:
     """(checkpoint's method, this run's method), each built from its ``model.method``."""
-    return resolve_method(saved.get("method", "hycam")), resolve_method(configured.get("method", "hycam"))
+    return resolve_method(saved.get("method", DEFAULT_METHOD)), resolve_method(
+        configured.get("method", DEFAULT_METHOD)
+    )
 
 
 def _method_label(method: Any) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 
 import hycam_pl
 from hycam_pl.backbone import backbone_config
-from hycam_pl.methods import resolve_method
+from hycam_pl.methods import DEFAULT_METHOD, resolve_method
 from hycam_pl.methods.base import plain
 
 EXIT_BAD_INPUT = 2  # bad configuration or data: fix the input, retrying will not help
@@ -97,7 +97,7 @@ def validate_model_options(options: Mapping[str, Any]) -> None:
     fit to the backbone's config, and a ``model.adapter`` directory's fit to both (the method's own checks).
     Raises ``ValueError``/``FileNotFoundError`` naming the option."""
     options = plain(options)
-    method = resolve_method(options.get("method", "hycam"))
+    method = resolve_method(options.get("method", DEFAULT_METHOD))
     backbone = _backbone_config(options.get("backbone"))
     if backbone is not None:
         method.check_backbone(backbone)

@@ -8,7 +8,7 @@ import torch
 
 from hycam_pl.callbacks import RoutingTelemetry
 from hycam_pl.data import MultiTaskDataModule
-from hycam_pl.modulation.mixture import LayerRouter, mixture_balance_loss
+from hycam_pl.methods.lora_mixture import LayerRouter, mixture_balance_loss
 from hycam_pl.training import MultiTaskLM
 from tests.evaluation.helpers import read_events, tiny_trainer
 from tests.methods.helpers import build
