@@ -10,7 +10,7 @@ A sweep file is YAML::
       model.method.num_experts: [0, 1, 2, 4]   # (init_args implied under a class_path)
     variants:                                  # optional named sets of overrides, crossed with the grid
       hycam: {}
-      lora: {model.method: lora}               # switching method is one key
+      other: {model.method: <name>}            # switching method is one key
     seeds: [0, 1, 2]                           # seed_everything of each trial
     metrics: [macro/task_score, macro/loss]    # <task>/<metric> from each trial's results.json
     resources: {cpu: 1, gpu: 0}                # per trial, as Ray Tune schedules them

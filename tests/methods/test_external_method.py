@@ -110,7 +110,14 @@ def test_external_method_in_a_two_trial_sweep(project, tmp_path: Path) -> None:
             {
                 "base": str(config),
                 "output": str(tmp_path / "out"),
-                "overrides": {"trainer.max_steps": 1, "trainer.val_check_interval": 1},
+                "overrides": {
+                    "trainer.max_steps": 1,
+                    "trainer.val_check_interval": 1,
+                    "trainer.limit_val_batches": 1,
+                    "trainer.limit_test_batches": 1,
+                    "data.generation_samples_per_task": 1,
+                    "model.generation.max_new_tokens": 2,
+                },
                 "grid": {"model.method.init": [1.0, 0.5]},
                 "metrics": ["macro/loss"],
             }
