@@ -69,6 +69,9 @@ def test_earlier_hycam_pl_folders_still_load(tmp_path):
     }
     write_adapter_files(tmp_path / "old", adapter_state_dict(attached), meta)
     assert torch.equal(logits(load_adapter(tiny_model(), tmp_path / "old")), logits(attached))
+    # The README's conversion to a peft folder.
+    save_adapter(load_adapter(tiny_model(), tmp_path / "old"), tmp_path / "new")
+    assert torch.equal(logits(PeftModel.from_pretrained(tiny_model(), tmp_path / "new")), logits(attached))
 
 
 def test_named_adapters_switch_with_set_adapter():
