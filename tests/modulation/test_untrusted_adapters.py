@@ -45,6 +45,11 @@ def _edit_config(directory, edit) -> None:
     path.write_text(json.dumps(meta))
 
 
+def _set_option(meta: dict, **values) -> None:
+    """A HyCAM option in either adapter format (peft: top level; the earlier hycam_pl format: hycam_config)."""
+    (meta["hycam_config"] if "hycam_config" in meta else meta).update(values)
+
+
 def _edit_weights(directory, edit) -> None:
     path = directory / WEIGHTS_FILE
     tensors = load_file(path)
@@ -63,13 +68,13 @@ def _refused(directory, match: str) -> None:
 
 def test_an_absurd_expert_count_is_refused_before_anything_loops(tmp_path):
     _, directory = saved_adapter(tmp_path)
-    _edit_config(directory, lambda meta: meta["hycam_config"].update(num_experts=10**9))
+    _edit_config(directory, lambda meta: _set_option(meta, num_experts=10**9))
     _refused(directory, r"num_experts=1000000000 is no dimension of any saved tensor")
 
 
 def test_an_absurd_rank_is_refused(tmp_path):
     _, directory = saved_adapter(tmp_path)
-    _edit_config(directory, lambda meta: meta["hycam_config"].update(rank=10**7))
+    _edit_config(directory, lambda meta: _set_option(meta, rank=10**7))
     _refused(directory, r"rank=10000000 is no dimension")
 
 
@@ -100,7 +105,7 @@ def test_integer_weights_are_refused(tmp_path):
 @pytest.mark.parametrize("alpha", [float("inf"), float("nan")])
 def test_a_non_finite_alpha_is_refused(tmp_path, alpha):
     _, directory = saved_adapter(tmp_path)
-    _edit_config(directory, lambda meta: meta["hycam_config"].update(alpha=alpha))  # json writes Infinity/NaN
+    _edit_config(directory, lambda meta: _set_option(meta, alpha=alpha))  # json writes Infinity/NaN
     _refused(directory, "alpha")
 
 
