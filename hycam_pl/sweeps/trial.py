@@ -7,6 +7,9 @@ process. Its state lives in files in the trial directory, written atomically:
 - ``result.json``: the trial finished; its metrics (the "done" marker: a finished trial is never run again);
 - ``failed.json``: a CLI command exited with an error; the stage, exit code and the end of its stderr.
 
+Neither holds an absolute path of this machine (results are committed and resumed in other checkouts): paths
+under the working directory are written relative to it, the Python executable as ``python``.
+
 A trial without either (interrupted, or its worker was killed) is unfinished and runs again.
 """
 
@@ -24,7 +27,13 @@ from hycam_pl.metrics.results import write_text_atomically
 
 RESULT = "result.json"
 FAILED = "failed.json"
-CONFIG = "config.yaml"
+CONFIG = (
+    "config.yaml"  # the trial's config as recorded (committed): its own paths relative to the sweep directory
+)
+RUN_CONFIG = "config.run.yaml"  # the same with those paths resolved on this machine: what the CLI runs
+RECORD_CALLBACK = (
+    "hycam_pl.callbacks.RunRecord"  # writes run_record.json (parameters, options, versions, ...)
+)
 TAIL_LINES = 20
 
 
@@ -65,6 +74,16 @@ def flatten(results: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+def _relative_to(cwd: str) -> Any:
+    """A function writing paths under ``cwd`` relative to it and the Python executable as ``python``."""
+    prefix = str(Path(cwd)).rstrip(os.sep) + os.sep
+
+    def local(text: str) -> str:
+        return text.replace(sys.executable, "python").replace(prefix, "")
+
+    return local
+
+
 def _die_with_parent() -> None:
     """Linux: the CLI gets SIGTERM when its worker dies (Ray kills workers when a sweep is interrupted)."""
     if sys.platform.startswith("linux"):
@@ -86,13 +105,15 @@ def run_trial(config: dict[str, Any]) -> None:
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one trial (both CLI stages) and write its marker; return what Tune reports."""
     trial_dir = Path(spec["dir"])
-    config = str(trial_dir / CONFIG)
+    config = str(trial_dir / RUN_CONFIG)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "hycam_pl.cli"]
+    resume = ["--ckpt_path", "last"] if spec.get("resume") else []
     stages = [
-        ("fit", [*command, "fit", "-c", config, *(["--ckpt_path", "last"] if spec.get("resume") else [])]),
+        ("fit", [*command, "fit", "-c", config, f"--trainer.callbacks+={RECORD_CALLBACK}", *resume]),
         ("test", [*command, "test", "-c", config, "--ckpt_path", "last"]),
     ]
+    local = _relative_to(spec["cwd"])
     seconds: dict[str, float] = {}
     for stage, argv in stages:
         start = time.monotonic()
@@ -113,7 +134,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                 preexec_fn=_die_with_parent,
             ).returncode
             err.seek(0)
-            tail = stderr_tail(err.read())
+            tail = [local(line) for line in stderr_tail(err.read())]
         seconds[f"{stage}_s"] = round(time.monotonic() - start, 2)
         if code != 0:
             failure = {
@@ -122,7 +143,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                 "exit_code": code,
                 "error": error_line(tail),
                 "stderr_tail": tail,
-                "command": argv,
+                "command": [local(part) for part in argv],
                 **seconds,
             }
             write_json_atomically(trial_dir / FAILED, failure)
@@ -140,7 +161,11 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         write_json_atomically(trial_dir / FAILED, failure)
         return {"status": "failed", "error": failure["error"], **seconds}
     metrics = flatten(results)
+    record = read_json(trial_dir / spec["record"]) or {}
+    fit = {"resumed": bool(spec.get("resume")), **record.pop("fit", {})}
     (trial_dir / FAILED).unlink(missing_ok=True)
-    write_json_atomically(trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds})
+    write_json_atomically(
+        trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds, "fit": fit, **record}
+    )
     reported = {name: metrics.get(name) for name in spec["metrics"]}
     return {"status": "done", **{k: v for k, v in reported.items() if v is not None}, **seconds}

@@ -144,3 +144,40 @@ def test_rerun_plan_after_interruption_and_after_an_edit(
     changed.write_text(yaml.safe_dump(edited))
     with pytest.raises(SweepError, match="finished in .* with a different config"):
         plan(load_sweep(changed), out)
+
+
+def test_trial_files_hold_no_absolute_path_and_results_record_how_trials_ran(swept: dict) -> None:
+    """The committed trial files name the trial's directories relative to the sweep directory (the CLI ran a
+    resolved copy), and result.json / results.csv carry parameter counts, options, validation loss, code and
+    library versions, and whether the fit started from scratch."""
+    out = swept["out"]
+    for trial in (*GOOD, BAD):
+        directory = out / "trials" / trial
+        for name in ("config.yaml", "trial.json", "result.json", "failed.json"):
+            if (directory / name).exists():
+                text = (directory / name).read_text()
+                assert str(out) not in text and sys.executable not in text, (trial, name)
+        recorded = yaml.safe_load((directory / "config.yaml").read_text())
+        assert recorded["trainer"]["default_root_dir"] == f"trials/{trial}"
+        ran = yaml.safe_load((directory / "config.run.yaml").read_text())
+        assert ran["trainer"]["default_root_dir"] == str(directory)
+    failure = yaml.safe_load((out / "trials" / BAD / "failed.json").read_text())
+    assert failure["command"][:4] == ["python", "-m", "hycam_pl.cli", "fit"]
+    assert failure["command"][5] == f"out/trials/{BAD}/config.run.yaml"  # relative to the working directory
+
+    result = yaml.safe_load((out / "trials" / GOOD[0] / "result.json").read_text())
+    parameters = result["parameters"]
+    assert 0 < parameters["trainable"] < parameters["total"]
+    assert result["effective_options"]["rank"] == 4
+    assert result["validation"]["val/macro/loss"] > 0
+    assert result["fit"] == {"resumed": False, "from_step": 0, "to_step": 1}
+    assert len(result["code"]["commit"]) == 40 and isinstance(result["code"]["modified"], bool)
+    assert result["versions"]["torch"] and result["versions"]["transformers"] and result["versions"]["peft"]
+    row = {r["trial"]: r for r in csv.DictReader((out / "results.csv").open())}[GOOD[0]]
+    assert int(row["trainable_params"]) == parameters["trainable"]
+    assert int(row["total_params"]) == parameters["total"]
+    assert float(row["val/macro/loss"]) == pytest.approx(result["validation"]["val/macro/loss"])
+    assert (
+        row["fit"] == "scratch" and row["fit_from_step"] == "0" and row["commit"] == result["code"]["commit"]
+    )
+    assert '"rank":4' in row["effective_options"] and row["torch"] == result["versions"]["torch"]
