@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.training import MultiTaskLM
+from hycam_pl.training.checkpoints import install_safe_checkpoint_loading
 from hycam_pl.training.faults import install_atomic_checkpoint_io
 from hycam_pl.training.resume import check_output_directories, prepare_checkpoint
 from hycam_pl.training.sharding import deferred_build, quiet_deepspeed_detection, shards_weights
@@ -51,6 +52,7 @@ class HyCAMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_checkpoint_io(trainer)
+        install_safe_checkpoint_loading(trainer)  # Lightning's own --ckpt_path load cannot run code either
         return trainer
 
     def before_fit(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import lightning as L
 
-from hycam_pl.metrics.results import write_text_atomically
+from hycam_pl.io import write_text_atomically
 
 RUN_RECORD = "run_record.json"
 VALIDATION_LOSS = "val/macro/loss"

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from hycam_pl.io import write_text_atomically, write_with_handle
 from hycam_pl.metrics.paired import (
     CONFIDENCE,
     RESAMPLES,
@@ -34,7 +35,7 @@ from hycam_pl.metrics.paired import (
     paired_difference,
     paired_test,
 )
-from hycam_pl.metrics.results import RESULTS_JSON, format_value, write_text_atomically
+from hycam_pl.metrics.results import RESULTS_JSON, format_value
 from hycam_pl.metrics.task_metrics import MACRO
 
 EXAMPLES_JSONL = "examples.jsonl"
@@ -408,10 +409,8 @@ def write_forest(rows: Sequence[Row], path: Path, title: str = "") -> Path:
         fig.legend(loc="upper center", ncol=min(4, len(pairs)), fontsize="small", frameon=False)
     fig.suptitle(title or "95 % paired bootstrap intervals", fontsize="medium", y=0.02, va="bottom")
     fig.tight_layout(rect=(0, 0.05, 1, 0.92 if len(pairs) > 1 else 1))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    write_with_handle(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

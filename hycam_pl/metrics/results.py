@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from hycam_pl.io import write_text_atomically
 from hycam_pl.metrics.task_metrics import MACRO
 
 RESULTS_JSON = "results.json"
@@ -118,20 +118,3 @@ def _json_number(value: float | int | None) -> float | int | None:
         return value
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write to a temporary file beside ``path`` and rename it into place: readers see all or nothing."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from hycam_pl.callbacks.record import RUN_RECORD
-from hycam_pl.metrics.results import write_text_atomically
+from hycam_pl.io import write_json_atomically, write_text_atomically
 from hycam_pl.sweeps import trial as trial_module
 from hycam_pl.sweeps.aggregate import TrialRecord, aggregate, read_record
 from hycam_pl.sweeps.spec import (
@@ -30,7 +30,7 @@ from hycam_pl.sweeps.spec import (
     Trial,
     trial_config,
 )
-from hycam_pl.sweeps.trial import CONFIG, FAILED, RESULT, RUN_CONFIG, read_json, write_json_atomically
+from hycam_pl.sweeps.trial import CONFIG, FAILED, RESULT, RUN_CONFIG, read_json
 
 TRIAL_JSON = "trial.json"
 TUNE_DIR = ".tune"
