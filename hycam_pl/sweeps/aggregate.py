@@ -494,8 +494,9 @@ def comparison_section(
 # ------------------------------------------------------------------------------------------- selection
 def selection(spec: SweepSpec, records: list[TrialRecord]) -> dict[str, Any] | None:
     """``select``: per variant, each value's final validation loss (mean over finished seeds, and per seed)
-    and the value with the lowest mean; never a test metric. ``complete`` is false while a value has
-    unfinished trials (a later sweep refuses such a selection)."""
+    and the value with the lowest mean; never a test metric. A failed trial (e.g. a rate that diverged) counts
+    as finished without a loss, so its value cannot be chosen; ``complete`` is false while a trial has not run
+    yet or a finished one has no validation loss (a later sweep refuses such a selection)."""
     if spec.select is None:
         return None
     variants: dict[str, dict[str, Any]] = {}
@@ -508,16 +509,17 @@ def selection(spec: SweepSpec, records: list[TrialRecord]) -> dict[str, Any] | N
             trials = [
                 r for r in records if r.trial.variant == variant and r.trial.point[spec.select] == value
             ]
-            losses = {str(r.trial.seed): r.validation_loss for r in trials if r.status == "done"}
-            complete &= (
-                len(trials) > 0 and all(v is not None for v in losses.values()) and len(losses) == len(trials)
-            )
-            finite = [v for v in losses.values() if v is not None]
+            losses = {str(r.trial.seed): r.validation_loss for r in trials if r.status in ("done", "failed")}
+            done = [r for r in trials if r.status == "done"]
+            complete &= bool(trials) and len(losses) == len(trials)
+            complete &= all(r.validation_loss is not None for r in done)
+            finite = [r.validation_loss for r in done if r.validation_loss is not None]
             entries.append(
                 {
                     "value": value,
                     "validation_loss": statistics.fmean(finite) if finite else None,
                     "per_seed": losses,
+                    "failed_seeds": [r.trial.seed for r in trials if r.status == "failed"],
                 }
             )
         scored = [e for e in entries if e["validation_loss"] is not None]

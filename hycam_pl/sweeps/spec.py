@@ -328,10 +328,17 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
                 "select_from", f"{selected_key} is also a grid key here; a value cannot come from both"
             )
         for variant in variants or [None]:
-            if variant not in selected and ALL_VARIANTS not in selected:
+            name = variant if variant in selected else ALL_VARIANTS
+            if name not in selected:
                 raise fail(
                     "select_from",
                     f"{select_from} has no selection for variant {variant!r} (it has {', '.join(map(str, selected))})",
+                )
+            if selected[name] is None:
+                raise fail(
+                    "select_from",
+                    f"{select_from}: the selection for variant {name!r} is incomplete (a trial has not finished, "
+                    "or has no validation loss); rerun that sweep first",
                 )
 
     out = raw.get("output", f"runs/sweeps/{name}") if output is None else output
@@ -408,13 +415,8 @@ def read_selection(path: Path, fail: Any) -> tuple[str, dict[str | None, Any]]:
     for name, entry in variants.items():
         if not isinstance(entry, dict) or "chosen" not in entry:
             raise fail("select_from", f"{path}: variant {name!r} has no 'chosen' value")
-        if not entry.get("complete", False):
-            raise fail(
-                "select_from",
-                f"{path}: the selection for variant {name!r} is incomplete (not every value finished); "
-                "rerun that sweep first",
-            )
-        selected[name] = entry["chosen"]
+        # an incomplete selection is kept as None: refused only if a variant of this sweep needs it
+        selected[name] = entry["chosen"] if entry.get("complete", False) else None
     return key, selected
 
 
