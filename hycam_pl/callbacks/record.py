@@ -91,18 +91,21 @@ def method_record(pl_module: L.LightningModule) -> dict[str, Any]:
         options["method"] = _plain(method.spec())
     hparams = dict(getattr(pl_module, "hparams", {}) or {})
     options["module"] = _plain({k: v for k, v in hparams.items() if k != "backbone"})
+    # The compact form results.csv shows: "<mapping>.<option>" from the method's options as built, and from the
+    # peft config a peft adapter was really built with (its numbers always, e.g. a matched rank and alpha,
+    # its other options where they differ from peft's defaults).
     effective: dict[str, Any] = {}
     if "method" in options:
-        effective.update(options["method"].get("init_args") or {})
+        effective.update({f"method.{k}": v for k, v in (options["method"].get("init_args") or {}).items()})
     else:  # methods configured by module options: the method's own option mappings
         for key, value in options["module"].items():
             if isinstance(value, dict) and key != "generation":
-                effective.update(value)
+                effective.update({f"{key}.{k}": v for k, v in value.items()})
     peft_config = getattr(model, "peft_config", None)
     if isinstance(peft_config, dict):  # a peft adapter: the options it was really built with
         options["peft"] = {name: _plain(_peft_dict(config)) for name, config in peft_config.items()}
         for config in peft_config.values():
-            effective.update(_peft_non_defaults(config))
+            effective.update({f"peft.{k}": v for k, v in _peft_applied(config).items()})
     record["options"] = options
     record["effective_options"] = _plain(effective)
     return record
@@ -112,17 +115,28 @@ def _peft_dict(config: Any) -> dict[str, Any]:
     return config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
 
 
-def _peft_non_defaults(config: Any) -> dict[str, Any]:
-    """The options of a peft config that differ from its class's defaults (e.g. a rank chosen at build time)."""
+def _peft_applied(config: Any) -> dict[str, Any]:
+    """A peft config's numeric options, and its others that differ from its class's defaults."""
     try:
         defaults = _peft_dict(type(config)())
     except (TypeError, ValueError):
         defaults = {}
-    ignored = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode"}
+    ignored = {
+        "task_type",
+        "peft_type",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "peft_version",
+    }
     return {
         key: value
         for key, value in _peft_dict(config).items()
-        if key not in ignored and _plain(value) != _plain(defaults.get(key))
+        if key not in ignored
+        and (
+            (isinstance(value, (int, float)) and not isinstance(value, bool))
+            or _plain(value) != _plain(defaults.get(key))
+        )
     }
 
 

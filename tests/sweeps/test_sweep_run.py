@@ -179,7 +179,7 @@ def test_trial_files_hold_no_absolute_path_and_results_record_how_trials_ran(swe
     result = yaml.safe_load((out / "trials" / GOOD[0] / "result.json").read_text())
     parameters = result["parameters"]
     assert 0 < parameters["trainable"] < parameters["total"]
-    assert result["effective_options"]["rank"] == 8  # configs/tiny.yaml's
+    assert [v for k, v in result["effective_options"].items() if k.endswith(".rank")] == [8]  # tiny.yaml's
     assert result["validation"]["val/macro/loss"] > 0
     assert result["fit"] == {"resumed": False, "from_step": 0, "to_step": 1}
     assert len(result["code"]["commit"]) == 40 and isinstance(result["code"]["modified"], bool)
@@ -191,7 +191,7 @@ def test_trial_files_hold_no_absolute_path_and_results_record_how_trials_ran(swe
     assert (
         row["fit"] == "scratch" and row["fit_from_step"] == "0" and row["commit"] == result["code"]["commit"]
     )
-    assert '"rank":8' in row["effective_options"] and row["torch"] == result["versions"]["torch"]
+    assert 'rank":8' in row["effective_options"] and row["torch"] == result["versions"]["torch"]
 
 
 def test_learning_rate_selected_on_validation_loss_and_used_by_a_later_sweep(
@@ -214,6 +214,12 @@ def test_learning_rate_selected_on_validation_loss_and_used_by_a_later_sweep(
     markdown = (out / "results.md").read_text()
     assert "## Selection of `model.learning_rate` on validation loss" in markdown
     assert "## Paired comparisons with `model.learning_rate` = 0.001" in markdown
+    # the trials' examples.jsonl, paired by hycam compare's code: loss and the scores, per task and macro
+    assert "| learning_rate=0.003 vs learning_rate=0.001 | **macro** | loss |" in markdown
+    pairs = json.loads((out / "comparison.json").read_text())["pairs"]
+    assert set(pairs) == {
+        "learning_rate=0.003 vs learning_rate=0.001"
+    }  # the failed point has no trial to pair
 
     monkeypatch.chdir(swept["tmp"])
     later = swept["tmp"] / "later.yaml"
