@@ -48,7 +48,7 @@ from hycam_pl.sweeps.spec import (
     SweepSpec,
     Trial,
 )
-from hycam_pl.sweeps.trial import FAILED, RESULT, read_json
+from hycam_pl.sweeps.trial import FAILED, INTERRUPTED, RESULT, read_json
 
 PROVENANCE_PACKAGES = ("torch", "transformers", "peft")
 PROVENANCE_COLUMNS = (
@@ -74,7 +74,7 @@ class TrialRecord:
     """A trial and what its directory says about it."""
 
     trial: Trial
-    status: str  # done | failed | pending
+    status: str  # done | failed | interrupted (runs again) | pending
     metrics: dict[str, float | None] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -120,6 +120,15 @@ def read_record(trial: Trial, trial_dir: Path) -> TrialRecord:
             error=failure.get("error"),
             stage=failure.get("stage"),
             exit_code=failure.get("exit_code"),
+        )
+    interrupted = read_json(trial_dir / INTERRUPTED)
+    if interrupted is not None:
+        return TrialRecord(
+            trial,
+            "interrupted",
+            seconds={k: interrupted[k] for k in TIMES if k in interrupted},
+            stage=interrupted.get("stage"),
+            exit_code=interrupted.get("exit_code"),
         )
     return TrialRecord(trial, "pending")
 
@@ -234,7 +243,7 @@ def format_markdown(
 ) -> str:
     done = sum(r.status == "done" for r in records)
     failed = [r for r in records if r.status == "failed"]
-    pending = sum(r.status == "pending" for r in records)
+    pending = sum(r.status in ("pending", "interrupted") for r in records)
     bases = ", ".join(f"`{b}`" for b in spec.base)
     lines = [
         f"# Sweep `{spec.name}`",

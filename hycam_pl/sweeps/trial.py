@@ -5,12 +5,14 @@ so a worker never imports torch or hycam_pl itself: the CLI subprocesses do, eac
 process. Its state lives in files in the trial directory, written atomically:
 
 - ``result.json``: the trial finished; its metrics (the "done" marker: a finished trial is never run again);
-- ``failed.json``: a CLI command exited with an error; the stage, exit code and the end of its stderr.
+- ``failed.json``: a CLI command exited with an error; the stage, exit code and the end of its stderr;
+- ``interrupted.json``: a CLI command was terminated (SIGTERM: exit 143, SIGINT: 130, or killed by a signal):
+  the trial is unfinished, never done, and runs again (resuming from its ``last.ckpt``).
 
-Neither holds an absolute path of this machine (results are committed and resumed in other checkouts): paths
+A trial without any of them (its worker was killed) is unfinished and runs again too.
+
+None holds an absolute path of this machine (results are committed and resumed in other checkouts): paths
 under the working directory are written relative to it, the Python executable as ``python``.
-
-A trial without either (interrupted, or its worker was killed) is unfinished and runs again.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from hycam_pl.io import write_json_atomically
 
 RESULT = "result.json"
 FAILED = "failed.json"
-CONFIG = (
-    "config.yaml"  # the trial's config as recorded (committed): its own paths relative to the sweep directory
-)
+INTERRUPTED = "interrupted.json"
+# ``hycam``'s exit codes after SIGINT and SIGTERM (hycam_pl.training.signals; not imported: this module runs on
+# workers without torch); a negative code is a process killed by a signal.
+INTERRUPTED_EXIT_CODES = (130, 143)
+# the trial's config as recorded (committed): its own paths relative to the sweep directory
+CONFIG = "config.yaml"
 RUN_CONFIG = "config.run.yaml"  # the same with those paths resolved on this machine: what the CLI runs
 RECORD_CALLBACK = (
     "hycam_pl.callbacks.RunRecord"  # writes run_record.json (parameters, options, versions, ...)
@@ -131,6 +136,10 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             err.seek(0)
             tail = [local(line) for line in stderr_tail(err.read())]
         seconds[f"{stage}_s"] = round(time.monotonic() - start, 2)
+        if code < 0 or code in INTERRUPTED_EXIT_CODES:
+            interruption = {"status": "interrupted", "stage": stage, "exit_code": code, **seconds}
+            write_json_atomically(trial_dir / INTERRUPTED, interruption)
+            return {"status": "interrupted", "error": f"hycam {stage} interrupted (exit {code})", **seconds}
         if code != 0:
             failure = {
                 "status": "failed",
@@ -159,6 +168,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     record = read_json(trial_dir / spec["record"]) or {}
     fit = {"resumed": bool(spec.get("resume")), **record.pop("fit", {})}
     (trial_dir / FAILED).unlink(missing_ok=True)
+    (trial_dir / INTERRUPTED).unlink(missing_ok=True)
     write_json_atomically(
         trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds, "fit": fit, **record}
     )
