@@ -25,6 +25,7 @@ from hycam_pl.modulation import HyCAMConfig, attach, balance_loss, count_paramet
 from hycam_pl.modulation.model import component_of, resolve_layer_indices
 from hycam_pl.modulation.persistence import (
     CONFIG_FILE,
+    PEFT_TYPE,
     identity_mismatches,
     load_adapter,
     read_adapter_config,
@@ -111,14 +112,20 @@ class HyCAMMethod(AdaptationMethod):
         return parameter_groups(specs)
 
     def save(self, model: nn.Module, directory: str) -> None:
+        """A peft folder (``peft_type: HYCAM``): ``PeftModel.from_pretrained`` loads it after ``import
+        hycam_pl.peft``, :meth:`load` / ``hycam_pl.load_adapter`` without peft."""
         save_adapter(model, directory)
 
     @classmethod
     def adapter_kind(cls, directory: Path) -> str | None:
         config = _json(Path(directory) / CONFIG_FILE)
-        return "hycam" if isinstance(config, dict) and "hycam_config" in config else None
+        if not isinstance(config, dict):
+            return None
+        return "hycam" if config.get("peft_type") == PEFT_TYPE or "hycam_config" in config else None
 
     def load(self, model: nn.Module, directory: str) -> nn.Module:
+        """Attach the saved adapter to a fresh base ``model`` (a folder of either format; another base or
+        another HyCAM configuration is refused)."""
         self.check_adapter(directory, None)
         try:
             return load_adapter(model, directory)

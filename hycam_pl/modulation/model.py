@@ -29,10 +29,8 @@ COMPONENTS = ("shared", "experts", "router")
 
 
 def modulated_layers(model: nn.Module) -> dict[int, ContextualModulation]:
-    _, layers = find_decoder(model)
-    state = find_state(model)
-    spec = resolve_architecture(model)
-    return {i: getattr(getattr(layers[i], spec.attention), ADAPTER_NAME) for i in state.layer_indices}
+    """The modulation module of each modulated layer, by layer index."""
+    return dict(find_state(model).modules)
 
 
 def hidden_size_of(model: nn.Module) -> int:
@@ -90,6 +88,7 @@ def attach(model: nn.Module, config: HyCAMConfig | None = None) -> nn.Module:
         modules[i] = module.train(attention.training)  # a new module defaults to training mode
 
     state = ModulationState(config, model_type_of(model), indices)
+    state.modules = dict(modules)
     state.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     for i, module in modules.items():

@@ -34,6 +34,8 @@ class ModulationState:
         self.config = config
         self.model_type = model_type
         self.layer_indices = layer_indices
+        # The modules that run, by layer index: attach's, or the active adapter's under peft (hycam_pl.peft).
+        self.modules: dict[int, Any] = {}
         self.handles: list[Any] = []
         self.requires_grad: dict[str, bool] = {}
         self.norm_originals: dict[str, torch.Tensor] = {}
