@@ -54,9 +54,11 @@ class AdaptationMethod:
 
     name = "base"
     exports_adapter = False  # whether ``save`` writes a small adapter folder (exported after ``fit``)
-    adapter_index_file: str | None = (
-        None  # the file naming and checking the others: replaced last on re-export
-    )
+    # The file naming and checking the others: replaced last when an export overwrites a previous one.
+    adapter_index_file: str | None = None
+    # Plain-data classes (dataclasses of plain fields, constructing no code) that checkpoints may hold for this
+    # method (hyper-parameters of earlier releases): the safe checkpoint reader allows them.
+    checkpoint_types: tuple[type, ...] = ()
     init_args: dict[str, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> AdaptationMethod:

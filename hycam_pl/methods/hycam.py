@@ -47,6 +47,7 @@ class HyCAMMethod(AdaptationMethod):
 
     exports_adapter = True
     adapter_index_file = CONFIG_FILE
+    checkpoint_types = (HyCAMConfig,)
 
     def __init__(
         self,

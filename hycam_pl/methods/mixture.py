@@ -33,6 +33,7 @@ class MixtureMethod(AdaptationMethod):
 
     exports_adapter = True
     adapter_index_file = "adapter_config.json"
+    checkpoint_types = (MixtureConfig,)
     kind = "molora"
 
     def __init__(

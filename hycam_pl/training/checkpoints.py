@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from hycam_pl.methods.base import method_classes
+
 TRUST_ENV = "HYCAM_TRUST_CHECKPOINT_CODE"  # "1": DeepSpeed folders that fail validation are read anyway
 CKPT_SUFFIX = ".ckpt"
 DISTRIBUTED_METADATA = ".metadata"  # torch.distributed.checkpoint's metadata file (a plain pickle)
@@ -105,6 +107,8 @@ def checkpoint_globals() -> list[Any]:
             found.append(getattr(importlib.import_module(module), attribute))
         except (ImportError, AttributeError):
             continue  # an optional package that is not installed: its types cannot be in our checkpoints
+    # Plain-data config classes methods declare (hyper-parameters of earlier releases held them).
+    found.extend(t for cls in method_classes() for t in cls.checkpoint_types if t not in found)
     return found
 
 

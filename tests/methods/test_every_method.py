@@ -19,7 +19,9 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from hycam_pl.backbone import load_backbone
 from hycam_pl.cli import main
 from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.methods import METHODS, resolve_method
@@ -30,7 +32,7 @@ from hycam_pl.training.resume import changed_options, option_conflicts
 from tests.methods.helpers import build as build_method
 from tests.tiny import tiny_byte_llama
 from tests.training.conftest import tiny_quickstart
-from tests.training.test_resume import Interrupt, InterruptAt, trainer
+from tests.training.test_resume import Interrupt, InterruptAt
 
 NAMES = sorted(METHODS)
 # Small options for the in-process runs (a method without an entry runs with its defaults).
@@ -47,7 +49,7 @@ STRUCTURAL: dict[str, dict[str, Any]] = {
     "cam": {"bias": False},
     "lora": {"r": 2},
     "dora": {"target_modules": ["q_proj"]},
-    "ia3": {"target_modules": ["v_proj"]},
+    "ia3": {"target_modules": ["q_proj", "k_proj", "v_proj", "down_proj"]},
     "molora": {"num_experts": 2},
     "hydralora": {"r": 2},
 }
@@ -74,22 +76,46 @@ def build(tmp_path, method):
     return model, data
 
 
+RESUME_STEPS = 4
+
+
+def short_trainer(tmp_path, name, callbacks=()) -> L.Trainer:
+    """As ``tests.training.test_resume.trainer``, with 4 steps and a checkpoint every 2."""
+    checkpoints = ModelCheckpoint(
+        dirpath=tmp_path / name, every_n_train_steps=2, save_top_k=-1, save_last=True
+    )
+    return L.Trainer(
+        max_steps=RESUME_STEPS,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[checkpoints, *callbacks],
+        deterministic=True,
+        default_root_dir=tmp_path,
+    )
+
+
 def trained(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("method", NAMES)
 def test_resume_is_bit_identical(tmp_path, method) -> None:
+    """4 steps straight, or interrupted before step 3 and resumed from step 2's checkpoint (the resume tests of
+    tests/training/test_resume.py cover other interruption points)."""
     model, data = build(tmp_path, method)
-    trainer(tmp_path, "straight").fit(model, data)
+    short_trainer(tmp_path, "straight").fit(model, data)
     expected = trained(model)
     model, data = build(tmp_path, method)
     with pytest.raises(Interrupt):
-        trainer(tmp_path, "interrupted", [InterruptAt(7)]).fit(model, data)
+        short_trainer(tmp_path, "interrupted", [InterruptAt(3)]).fit(model, data)
     model, data = build(tmp_path, method)
-    trainer(tmp_path, "resumed").fit(model, data, ckpt_path=tmp_path / "interrupted" / "epoch=0-step=6.ckpt")
+    resumed = short_trainer(tmp_path, "resumed")
+    resumed.fit(model, data, ckpt_path=tmp_path / "interrupted" / "epoch=0-step=2.ckpt")
     actual = trained(model)
-    assert set(actual) == set(expected) and model.global_step == 10
+    assert set(actual) == set(expected) and model.global_step == RESUME_STEPS
     for name, tensor in expected.items():
         torch.testing.assert_close(actual[name], tensor, rtol=0, atol=0, msg=name)
 
@@ -135,7 +161,7 @@ def test_cli_fit_test_and_export_reload_exactly(tmp_path, monkeypatch, method) -
 @pytest.mark.parametrize("method", NAMES)
 def test_biases_and_norms_never_decay(method) -> None:
     built = resolve_method(method)
-    model = built.apply(tiny_byte_llama())
+    model = built.apply(load_backbone(tiny_byte_llama()))
     groups = built.parameter_groups(model, 1e-3, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     grouped = [names[id(p)] for g in groups for p in g["params"]]
