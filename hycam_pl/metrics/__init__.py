@@ -5,7 +5,7 @@
   applicable to a task.
 * Teacher-forced loss and token-weighted perplexity.
 * :class:`TaskMetrics`: one independent set of the above per task, as an ``nn.Module``.
-* Results files (JSON + Markdown) and routing diagnostics (entropies, task × expert usage).
+* Results files (JSON + Markdown) and routing diagnostics (entropies, task × expert usage, task-expert NMI).
 """
 
 from hycam_pl.metrics.bleu import BLEU_ORDER, SacreBLEU
@@ -13,7 +13,13 @@ from hycam_pl.metrics.exact_match import ExactMatch, exact_match, normalize_for_
 from hycam_pl.metrics.generation import GenerationMetrics
 from hycam_pl.metrics.results import flatten_results, format_results_table, format_value, write_results
 from hycam_pl.metrics.rouge import ROUGE_KEYS, ROUGE_MIN_TOKENS, RougeF1
-from hycam_pl.metrics.routing import expert_load, load_entropy, router_entropy, usage_matrix
+from hycam_pl.metrics.routing import (
+    expert_load,
+    load_entropy,
+    router_entropy,
+    task_expert_nmi,
+    usage_matrix,
+)
 from hycam_pl.metrics.task_metrics import MACRO, TaskMetrics, macro_average
 from hycam_pl.metrics.task_score import Scorer, TaskScore
 from hycam_pl.metrics.teacher_forced import TeacherForcedLoss
@@ -40,6 +46,7 @@ __all__ = [
     "macro_average",
     "normalize_for_exact_match",
     "router_entropy",
+    "task_expert_nmi",
     "usage_matrix",
     "write_results",
 ]

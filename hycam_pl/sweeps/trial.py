@@ -77,14 +77,20 @@ def _die_with_parent() -> None:
 def run_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable: ``config["trial"]`` says where the trial lives and what to report."""
     spec = config["trial"]
-    outcome = execute(spec)
+    import ray
     from ray import tune
 
+    context = ray.get_runtime_context()
+    # Where it ran: a cluster node (its id and address) or the sweep's private instance; kept in the markers.
+    node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    outcome = execute(spec, {**node, "cluster": context.gcs_address})
     tune.report(outcome)
 
 
-def execute(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one trial (both CLI stages) and write its marker; return what Tune reports."""
+def execute(spec: dict[str, Any], ray_node: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one trial (both CLI stages) and write its marker (with ``ray_node``, where it ran); return what
+    Tune reports."""
+    where = {"ray": ray_node} if ray_node else {}
     trial_dir = Path(spec["dir"])
     config = str(trial_dir / CONFIG)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -124,6 +130,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                 "stderr_tail": tail,
                 "command": argv,
                 **seconds,
+                **where,
             }
             write_json_atomically(trial_dir / FAILED, failure)
             return {"status": "failed", "error": failure["error"], **seconds}
@@ -136,11 +143,12 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             "error": f"hycam test wrote no results file at {spec['results']}",
             "stderr_tail": [],
             **seconds,
+            **where,
         }
         write_json_atomically(trial_dir / FAILED, failure)
         return {"status": "failed", "error": failure["error"], **seconds}
     metrics = flatten(results)
     (trial_dir / FAILED).unlink(missing_ok=True)
-    write_json_atomically(trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds})
+    write_json_atomically(trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds, **where})
     reported = {name: metrics.get(name) for name in spec["metrics"]}
     return {"status": "done", **{k: v for k, v in reported.items() if v is not None}, **seconds}
