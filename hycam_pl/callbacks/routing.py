@@ -38,7 +38,11 @@ class RoutingTelemetry(L.Callback):
     - images ``router/layer_expert_load`` (decoder layer x expert) and ``router/task_expert_usage`` (task x
       expert, all layers): labelled heatmaps with the value in every cell and a fixed 0-1 colour scale;
     - text ``router/table``: each layer's most-used expert overall and per task, and the task x expert shares
-      per layer group, as Markdown.
+      per layer group, as Markdown;
+    - routing specialisation, the task-expert normalised mutual information of each layer's tokens
+      (:func:`~hycam_pl.metrics.routing.task_expert_nmi`): a column of that table, scalars
+      ``val/router/layer_<i>/task_nmi`` and ``val/router/task_nmi`` (mean over layers; ``test/...`` at test),
+      and at test the ``routing`` section of ``results.json``.
 
     Why a window and not the last batch: one batch is a noisy sample, and ``collapse`` (one expert taking more
     than ``collapse_share`` of a layer's tokens for ``collapse_patience`` consecutive logs, then a warning)
