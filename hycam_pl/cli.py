@@ -1,4 +1,5 @@
 """``hycam fit|validate|test|predict -c config.yaml``: LightningCLI over MultiTaskLM and MultiTaskDataModule.
+``hycam sweep``, ``hycam export`` and ``hycam compare`` are plain commands of their own modules.
 
 Configs mirror constructor arguments (``class_path``/``init_args``) and may use OmegaConf interpolation, e.g. one
 ``max_length`` referenced by data and model: ``${data.max_length}``.
@@ -16,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.training import MultiTaskLM
+from hycam_pl.training.checkpoints import install_safe_checkpoint_loading
 from hycam_pl.training.faults import install_atomic_checkpoint_io
 from hycam_pl.training.resume import check_output_directories, prepare_checkpoint
 from hycam_pl.training.sharding import deferred_build, quiet_deepspeed_detection, shards_weights
@@ -50,6 +52,7 @@ class HyCAMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_checkpoint_io(trainer)
+        install_safe_checkpoint_loading(trainer)  # Lightning's own --ckpt_path load cannot run code either
         return trainer
 
     def before_fit(self) -> None:
@@ -68,6 +71,10 @@ def main(args: list[str] | None = None) -> None:
         from hycam_pl.sweeps.cli import main as sweep
 
         return sweep(argv[1:])
+    if argv[:1] == ["compare"]:  # paired statistics of test runs (hycam_pl.metrics.compare)
+        from hycam_pl.metrics.compare import main as compare
+
+        raise SystemExit(compare(argv[1:]))
     if argv[:1] == ["export"]:  # a checkpoint's adapter folder (hycam_pl.training.export)
         from hycam_pl.training.export import main as export
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hycam_pl.io import write_text_atomically
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "HYCAM_CACHE"
@@ -161,7 +163,7 @@ def file_sha256(path: Path, root: Path | None = None) -> str:
     index = index if isinstance(index, dict) else {}
     index[str(path)] = {**stamp, "sha256": digest}
     with contextlib.suppress(OSError):  # only a speed-up: a read-only cache still works
-        _write_text_atomic(index_path, json.dumps(index, indent=1, sort_keys=True))
+        write_text_atomically(index_path, json.dumps(index, indent=1, sort_keys=True))
     return digest
 
 
@@ -201,7 +203,7 @@ def _convert(path: Path, digest: str, folder: Path, option: str) -> None:
                 "sha256": _sha256(file),
             }
         manifest = {"format": FORMAT_VERSION, "gguf": str(path), "gguf_sha256": digest, "files": files}
-        _write_text_atomic(temp / MANIFEST, json.dumps(manifest, indent=1))
+        write_text_atomically(temp / MANIFEST, json.dumps(manifest, indent=1))
         os.replace(temp, folder)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
@@ -236,16 +238,3 @@ def _sha256(path: Path) -> str:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8"
-    )
-    try:
-        with handle:
-            handle.write(text)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

@@ -14,7 +14,6 @@ hycam test -c configs/quickstart.yaml --trainer.logger.init_args.version base "$
 hycam fit -c configs/quickstart.yaml --trainer.logger.init_args.version adapted "$@"
 hycam test -c configs/quickstart.yaml --ckpt_path last --trainer.logger.init_args.version adapted "$@"
 echo
-echo "Base SmolLM2-135M-Instruct vs HyCAM-adapted, per task ($RUN/comparison.md):"
-python -m hycam_pl.metrics.compare base="$RUN/base/results.json" adapted="$RUN/adapted/results.json" \
-  --output "$RUN/comparison.md"
+echo "HyCAM-adapted vs base SmolLM2-135M-Instruct, paired per test example ($RUN/comparison/):"
+hycam compare base="$RUN/base" adapted="$RUN/adapted" --output "$RUN/comparison"
 echo "TensorBoard: tensorboard --logdir $RUN"

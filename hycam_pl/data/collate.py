@@ -43,33 +43,39 @@ def _mask(lengths: Sequence[int], length: int, left: bool) -> torch.Tensor:
 
 @dataclass
 class TrainCollator:
-    """Right-padded ``input_ids``/``attention_mask``/``labels`` (B, T) and ``task_ids`` (B,), all long.
+    """Right-padded ``input_ids``/``attention_mask``/``labels`` (B, T) and ``task_ids`` (B,), all long, and
+    ``example_ids`` (a list of B strings) when the items carry ``example_id``.
 
     Items are mappings with ``input_ids``, ``labels`` (already -100 on the prompt when the loss is on the
-    response only) and ``task_id``; padded positions get ``pad_token_id`` and label -100.
+    response only), ``task_id`` and optionally ``example_id``; padded positions get ``pad_token_id`` and
+    label -100.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
-    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         lengths = [len(item["input_ids"]) for item in items]
         length = padded_length(lengths, self.pad_to_multiple_of)
-        return {
+        batch: dict[str, Any] = {
             "input_ids": _pad([item["input_ids"] for item in items], length, self.pad_token_id, left=False),
             "attention_mask": _mask(lengths, length, left=False),
             "labels": _pad([item["labels"] for item in items], length, IGNORE_INDEX, left=False),
             "task_ids": torch.tensor([item["task_id"] for item in items], dtype=torch.long),
         }
+        if items and "example_id" in items[0]:
+            batch["example_ids"] = [item["example_id"] for item in items]
+        return batch
 
 
 @dataclass
 class GenerationCollator:
     """Left-padded prompts for ``generate``: ``input_ids``/``attention_mask`` (B, T), ``task_ids`` (B,),
-    plus python lists ``prompts`` (text), ``references`` (full reference outputs, or None) and ``tasks``
-    (task names, or None for predict records without one).
+    plus python lists ``prompts`` (text), ``references`` (full reference outputs, or None), ``tasks``
+    (task names, or None for predict records without one) and ``example_ids`` (None for predict records).
 
-    Items are mappings with ``prompt_ids``, ``prompt``, ``reference``, ``task`` and ``task_id``.
+    Items are mappings with ``prompt_ids``, ``prompt``, ``reference``, ``task``, ``task_id`` and optionally
+    ``example_id``.
     """
 
     pad_token_id: int
@@ -85,4 +91,5 @@ class GenerationCollator:
             "prompts": [item["prompt"] for item in items],
             "references": [item.get("reference") for item in items],
             "tasks": [item.get("task") for item in items],
+            "example_ids": [item.get("example_id") for item in items],
         }

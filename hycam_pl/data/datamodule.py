@@ -1,7 +1,7 @@
 """``MultiTaskDataModule``: tasks in, multi-task training/eval/generation/predict batches out.
 
 Stages: load and validate each task's records → seeded split → tokenise (cached) → one sampled training
-stream over all tasks, one sequential eval loader per split, and a fixed per-task generation sample.
+stream over all tasks, one eval loader per split (tasks interleaved), and a fixed per-task generation sample.
 
 Resuming: ``state_dict`` records the epoch and the number of training batches the trainer has *actually
 trained* in it (Lightning's own progress counters; the sampler's count runs ahead because batches are
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from hycam_pl.data.collate import GenerationCollator, TrainCollator
+from hycam_pl.data.eval_order import EvalShardSampler, interleaved_order, tasks_left_out
 from hycam_pl.data.examples import TaskExamples, prompt_items
 from hycam_pl.data.predict import load_predict_records
 from hycam_pl.data.prompts import build_prompt, check_chat_template
@@ -33,7 +34,7 @@ from hycam_pl.data.report import DataReport, SplitReport, TaskReport
 from hycam_pl.data.sampler import SAMPLING_POLICIES, MultiTaskBatchSampler, SampledBatch, task_probabilities
 from hycam_pl.data.scorers import Scorer, get_scorer
 from hycam_pl.data.sources import load_task_records
-from hycam_pl.data.splits import split_records
+from hycam_pl.data.splits import split_indices
 from hycam_pl.data.task import SPLITS, TaskConfig
 from hycam_pl.data.tokenize import (
     IGNORE_INDEX,
@@ -87,26 +88,6 @@ class _WindowCollator:
         return batch
 
 
-class EvalShardSampler(DistributedSampler):
-    """Rank ``r`` of ``W`` gets the contiguous block ``[r*n//W, (r+1)*n//W)``: every example exactly once.
-
-    Lightning's own distributed sampler pads shards with repeated examples so that every rank has the same
-    number of batches, which counts those examples twice in per-task metrics. Being a ``DistributedSampler``,
-    this one is left in place by Lightning's sampler injection.
-    """
-
-    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.size = size
-        self.start, self.stop = rank * size // num_replicas, (rank + 1) * size // num_replicas
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
 class MultiTaskDataModule(LightningDataModule):
     """Multi-task instruction data for CAM/HyCAM training.
 
@@ -125,7 +106,9 @@ class MultiTaskDataModule(LightningDataModule):
         pad_to_multiple_of: round padded lengths up to a multiple of this (e.g. 8 for tensor cores).
         num_workers: ``DataLoader`` workers.
         cache_dir: where tokenised splits are cached (``None`` disables the cache).
-        seed: seed of the training order and of the generation sample (task splits use each task's seed).
+        seed: seed of the training order. Task splits and the generation sample use each task's own seed,
+            so runs with different ``seed`` train in different orders on the same examples and are evaluated on
+            the same ones (a sweep sets it to each trial's seed).
         predict_file: JSON/JSONL prompts for ``predict_dataloader``.
         generation_samples_per_task: size of the fixed per-task sample of validation/test examples that
             ``generation_dataloader`` returns for generation-based scoring.
@@ -198,6 +181,7 @@ class MultiTaskDataModule(LightningDataModule):
         self._train_sampler: MultiTaskBatchSampler | None = None
         self._pending_resume: tuple[int, int] | None = None
         self._loss_tokens: list[int] | None = None
+        self._coverage_warned: set[str] = set()
 
     # ------------------------------------------------------------------ what the model side reads
     @property
@@ -275,11 +259,12 @@ class MultiTaskDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        """One sequential loader over every task's validation split (batches carry ``task_ids``)."""
+        """One loader over every task's validation split, the tasks interleaved so that a limited validation
+        covers every task (:mod:`hycam_pl.data.eval_order`); batches carry ``task_ids`` and ``example_ids``."""
         return self._eval_loader("validation")
 
     def test_dataloader(self) -> DataLoader | list:
-        """One sequential loader over every task's test split (batches carry ``task_ids``)."""
+        """One loader over every task's test split, interleaved like ``val_dataloader``."""
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
@@ -398,16 +383,17 @@ class MultiTaskDataModule(LightningDataModule):
             if task.prompt_format == "chat":
                 check_chat_template(tokenizer, task.name)
             loaded = load_task_records(task)
-            records = split_records(loaded.records, task.split_ratios, task.seed, task.max_examples)
+            indices = split_indices(len(loaded.records), task.split_ratios, task.seed, task.max_examples)
             tokenized = tokenize_task(
                 task.name,
-                records,
+                {split: [loaded.records[i] for i in part] for split, part in indices.items()},
                 tokenizer,
                 self.settings,
                 prompt_format=task.prompt_format,
                 template=task.template,
                 cache_dir=cache_dir,
                 tokenizer_key=tokenizer_key,
+                ids={split: [loaded.ids[i] for i in part] for split, part in indices.items()},
             )
             report.tasks[task.name] = TaskReport(
                 name=task.name,
@@ -425,13 +411,15 @@ class MultiTaskDataModule(LightningDataModule):
             for split in generation:
                 part = tokenized[split].dataset
                 generation[split].extend(
-                    prompt_items(part, task.name, task_id, self._generation_sample(task.name, len(part)))
+                    prompt_items(part, task.name, task_id, self._generation_sample(task, len(part)))
                 )
         return splits, report, generation
 
-    def _generation_sample(self, task_name: str, size: int) -> list[int]:
+    def _generation_sample(self, task: TaskConfig, size: int) -> list[int]:
+        """Seeded by the task's own seed (that of its split), not ``data.seed``: runs whose training order
+        differs still generate for the same examples, so their scores pair example by example."""
         count = min(self.generation_samples_per_task, size)
-        rng = np.random.default_rng([self.seed % 2**63, zlib.crc32(task_name.encode())])
+        rng = np.random.default_rng([task.seed % 2**63, zlib.crc32(task.name.encode())])
         return sorted(rng.choice(size, size=count, replace=False).tolist())
 
     def _require_setup(self) -> None:
@@ -453,13 +441,39 @@ class MultiTaskDataModule(LightningDataModule):
             return []
         examples = TaskExamples(parts)
         world_size, rank = self._world()
+        self._warn_tasks_left_out(split, examples.sizes, world_size)
         return DataLoader(
             examples,
             batch_size=self.eval_batch_size,
-            sampler=EvalShardSampler(len(examples), world_size, rank),
+            sampler=EvalShardSampler(interleaved_order(examples.sizes), world_size, rank),
             collate_fn=self._train_collator(),
             num_workers=self.num_workers,
         )
+
+    def _warn_tasks_left_out(self, split: str, sizes: list[int], world_size: int) -> None:
+        """One warning per split naming the tasks that ``trainer.limit_<split>_batches`` leaves without any
+        example, although the evaluation order interleaves the tasks (:mod:`hycam_pl.data.eval_order`)."""
+        option = {"validation": "limit_val_batches", "test": "limit_test_batches"}[split]
+        limit = getattr(self._trainer_or_none(), option, None)
+        if limit is None or limit == 0 or split in self._coverage_warned:
+            return
+        left_out, needed = tasks_left_out(sizes, self.eval_batch_size, world_size, limit)
+        if left_out:
+            self._coverage_warned.add(split)
+            names = ", ".join(f"'{self.task_names[task]}'" for task in left_out)
+            log.warning(
+                "trainer.%s=%s evaluates no %s example of task(s) %s, so the %s metrics and their macro mean "
+                "leave them out; with data.eval_batch_size=%d on %d process(es), %s >= %d covers every task",
+                option,
+                limit,
+                split,
+                names,
+                split,
+                self.eval_batch_size,
+                world_size,
+                option,
+                needed,
+            )
 
     def _train_collator(self) -> TrainCollator:
         return TrainCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)

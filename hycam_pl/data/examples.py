@@ -14,12 +14,15 @@ from torch.utils.data import Dataset
 class TaskExamples(Dataset):
     """The concatenation of the tasks' tokenised splits (task ``t`` at offset ``sum(sizes[:t])``).
 
-    Items: ``{"input_ids", "labels", "task_id"}``; this index layout is what :class:`MultiTaskBatchSampler`
-    samples from.
+    Items: ``{"input_ids", "labels", "task_id"}``, plus ``example_id`` when the parts have that column; this
+    index layout is what :class:`MultiTaskBatchSampler` samples from.
     """
 
     def __init__(self, parts: Sequence[datasets.Dataset]) -> None:
-        self.parts = [part.select_columns(["input_ids", "labels"]) for part in parts]
+        self.parts = [
+            part.select_columns([c for c in ("input_ids", "labels", "example_id") if c in part.column_names])
+            for part in parts
+        ]
         self.sizes = [len(part) for part in self.parts]
         self.ends = np.cumsum(self.sizes).tolist()
 
@@ -37,7 +40,8 @@ class TaskExamples(Dataset):
 def prompt_items(
     part: datasets.Dataset, task_name: str, task_id: int, indices: Sequence[int] | None = None
 ) -> list[dict[str, Any]]:
-    """Generation items of one task's split: the (possibly left-truncated) prompt ids and the texts."""
+    """Generation items of one task's split: the (possibly left-truncated) prompt ids, the texts and the
+    example id (None when the split has none)."""
     rows = part if indices is None else part.select(list(indices))
     return [
         {
@@ -46,6 +50,7 @@ def prompt_items(
             "reference": row["reference"],
             "task": task_name,
             "task_id": task_id,
+            "example_id": row.get("example_id"),
         }
         for row in rows
     ]

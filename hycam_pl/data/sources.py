@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hycam_pl.data.errors import DataError
+from hycam_pl.data.example_ids import ID_FIELD, check_unique, derived_id, own_id
 from hycam_pl.data.hub import hub_offline, offline_lookups
 from hycam_pl.data.records import REQUIRED_FIELDS, BadRecord, Record, to_record
 from hycam_pl.data.synthetic import generate_synthetic
@@ -35,12 +36,14 @@ Located = tuple[str, Any]
 
 @dataclass
 class LoadedRecords:
-    """The valid records of one task, and what was skipped on the way."""
+    """The valid records of one task, their stable example ids (``ids[i]`` is ``records[i]``'s, see
+    :mod:`hycam_pl.data.example_ids`), and what was skipped on the way."""
 
     records: list[Record]
     origin: str
     skipped: int = 0
     skip_reasons: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
 
 
 def load_task_records(task: TaskConfig) -> LoadedRecords:
@@ -68,8 +71,9 @@ def load_task_records(task: TaskConfig) -> LoadedRecords:
 
 def _check_columns(task: TaskConfig, origin: str, columns: Sequence[str]) -> None:
     mapped = list(REQUIRED_FIELDS) + (["input"] if task.input_mapped_explicitly else [])
-    for record_field in mapped:
-        column = task.column_for[record_field]
+    id_column = (task.fields or {}).get(ID_FIELD)
+    for record_field in mapped + ([ID_FIELD] if id_column else []):
+        column = id_column if record_field == ID_FIELD else task.column_for[record_field]
         if column not in columns:
             raise DataError(
                 f"task '{task.name}': {origin}: column '{column}' (mapped to field '{record_field}') not found; "
@@ -80,11 +84,15 @@ def _check_columns(task: TaskConfig, origin: str, columns: Sequence[str]) -> Non
 def _validate(task: TaskConfig, origin: str, rows: Iterable[Located]) -> LoadedRecords:
     loaded = LoadedRecords(records=[], origin=origin)
     fields, input_optional = task.column_for, not task.input_mapped_explicitly
-    for location, raw in rows:
+    id_column = (task.fields or {}).get(ID_FIELD)
+    for index, (location, raw) in enumerate(rows):
         try:
             if isinstance(raw, BadRecord):
                 raise raw
-            loaded.records.append(to_record(raw, fields, input_optional))
+            record = to_record(raw, fields, input_optional)
+            example_id = own_id(raw, id_column) if id_column else derived_id(task.name, index, record)
+            loaded.records.append(record)
+            loaded.ids.append(example_id)
         except BadRecord as bad:
             message = f"task '{task.name}': {origin}: {location}: {bad.reason}"
             if task.on_bad_record == "error":
@@ -100,6 +108,8 @@ def _validate(task: TaskConfig, origin: str, rows: Iterable[Located]) -> LoadedR
             origin,
             loaded.skip_reasons[0],
         )
+    if id_column:
+        check_unique(loaded.ids, f"task '{task.name}': {origin}: field 'id' (column '{id_column}')")
     if not loaded.records:
         raise DataError(
             f"task '{task.name}': {origin} has no valid records ({loaded.skipped} bad record(s) skipped; "

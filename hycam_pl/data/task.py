@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from hycam_pl.data.example_ids import ID_FIELD
 from hycam_pl.data.records import RECORD_FIELDS
 from hycam_pl.data.scorers import scorer_names
 from hycam_pl.data.synthetic import SYNTHETIC_KINDS, SYNTHETIC_SCORERS
@@ -37,7 +38,9 @@ class TaskConfig:
         hf_config: HF dataset configuration name (``source: hf`` only).
         hf_split: HF split to read (``source: hf`` only); our own train/validation/test split follows.
         fields: maps ``instruction``/``input``/``output`` to source column names; unnamed fields map to
-            themselves. ``input`` may be absent from the data unless it is mapped explicitly.
+            themselves. ``input`` may be absent from the data unless it is mapped explicitly. ``id`` names a
+            column holding each record's own example id (unique strings or integers); without it, ids are
+            derived from the task name, the record's index and its content (:mod:`hycam_pl.data.example_ids`).
         prompt_format: ``alpaca`` (Stanford Alpaca template, METHOD.md §5), ``chat`` (the tokenizer's chat
             template) or ``template`` (``template`` below).
         template: a prompt with ``{instruction}`` and optionally ``{input}`` placeholders.
@@ -116,8 +119,10 @@ class TaskConfig:
         if not isinstance(self.fields, dict):
             raise self._error("fields", f"must be a mapping of record field to column, got {self.fields!r}")
         for field, column in self.fields.items():
-            if field not in RECORD_FIELDS:
-                raise self._error("fields", f"key {field!r} is not one of: {', '.join(RECORD_FIELDS)}")
+            if field not in (*RECORD_FIELDS, ID_FIELD):
+                raise self._error(
+                    "fields", f"key {field!r} is not one of: {', '.join((*RECORD_FIELDS, ID_FIELD))}"
+                )
             if not isinstance(column, str) or not column:
                 raise self._error(
                     "fields", f"column for {field!r} must be a non-empty string, got {column!r}"

@@ -80,7 +80,8 @@ class TokenizedSplit:
     """One split of one task after tokenisation: the kept examples and what happened to the others.
 
     ``dataset`` columns: ``input_ids``, ``labels``, ``prompt_length`` (tokens of the possibly truncated
-    prompt at the start of ``input_ids``), ``prompt`` (full prompt text), ``reference`` (full output text).
+    prompt at the start of ``input_ids``), ``prompt`` (full prompt text), ``reference`` (full output text), and
+    ``example_id`` when ids were given (see :mod:`hycam_pl.data.example_ids`).
     """
 
     dataset: datasets.Dataset
@@ -231,14 +232,19 @@ def tokenize_split(
     cache_dir: str | Path | None = None,
     cache_name: str = "split",
     tokenizer_key: str | None = None,
+    ids: Sequence[str] | None = None,
 ) -> TokenizedSplit:
     """Tokenise ``records`` (cached under ``cache_dir`` when given) and drop examples that cannot fit.
 
     ``tokenizer_key`` is :func:`tokenizer_fingerprint` of ``tokenizer``, computed once by callers that
-    tokenise many splits; ``cache_name`` only makes cache file names readable.
+    tokenise many splits; ``cache_name`` only makes cache file names readable. ``ids`` (one per record)
+    become the ``example_id`` column; they are not part of the cache key, since they change no token.
     """
+    if ids is not None and len(ids) != len(records):
+        raise ValueError(f"{len(ids)} example ids for {len(records)} records")
     if not records:
         empty = datasets.Dataset.from_dict({name: [] for name in _FEATURES}, features=_FEATURES)
+        empty = _with_ids(empty, ids)
         return TokenizedSplit(empty.remove_columns(["truncated", "dropped"]), total=0, truncated=0, dropped=0)
     prompts = [build_prompt(record, prompt_format, tokenizer, template) for record in records]
     responses = [record["output"] for record in records]
@@ -261,7 +267,7 @@ def tokenize_split(
         map_kwargs.update(cache_file_name=cache_file, load_from_cache_file=True)
     else:
         map_kwargs.update(keep_in_memory=True, load_from_cache_file=False)
-    tokenized = table.map(**map_kwargs)
+    tokenized = _with_ids(table.map(**map_kwargs), ids)
     if from_cache:
         log.debug("loaded tokenized %s from %s", cache_name, cache_file)
     flags = tokenized.with_format("numpy", columns=["truncated", "dropped"])
@@ -277,6 +283,12 @@ def tokenize_split(
     )
 
 
+def _with_ids(dataset: datasets.Dataset, ids: Sequence[str] | None) -> datasets.Dataset:
+    if ids is None:
+        return dataset
+    return dataset.add_column("example_id", list(ids), feature=datasets.Value("string"))
+
+
 def tokenize_task(
     task_name: str,
     splits: dict[str, Sequence[Record]],
@@ -287,8 +299,11 @@ def tokenize_task(
     template: str | None = None,
     cache_dir: str | Path | None = None,
     tokenizer_key: str | None = None,
+    ids: dict[str, Sequence[str]] | None = None,
 ) -> dict[str, TokenizedSplit]:
-    """Tokenise every split of one task; raises :class:`DataError` when no example of it fits at all."""
+    """Tokenise every split of one task; raises :class:`DataError` when no example of it fits at all.
+
+    ``ids``: the split's example ids, per split (see :func:`tokenize_split`)."""
     key = tokenizer_key or tokenizer_fingerprint(tokenizer)
     if prompt_format == "template":
         check_template_whitespace(template, task_name)
@@ -302,6 +317,7 @@ def tokenize_task(
             cache_dir=cache_dir,
             cache_name=f"{task_name}-{split}",
             tokenizer_key=key,
+            ids=ids[split] if ids is not None else None,
         )
         for split, records in splits.items()
     }

@@ -1,6 +1,7 @@
-"""Results files for a run: ``results.json`` for machines, ``results.md`` for people.
+"""Results files for a run: ``results.json`` for machines, ``results.md`` for people, and ``examples.jsonl``
+(one line per test example, see :mod:`hycam_pl.metrics.per_example`; non-finite numbers there are ``null``).
 
-Both are written atomically (temporary file in the same directory, then ``os.replace``), so a
+All are written atomically (temporary file in the same directory, then ``os.replace``), so a
 crash or a concurrent reader never sees half a file. Rows are tasks in the given order with
 ``"macro"`` last; columns are metrics in a fixed preferred order, then any others by first use.
 A metric that is not applicable to a task (value ``None``) is ``null`` in JSON and ``n/a`` in the
@@ -13,14 +14,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from hycam_pl.io import write_text_atomically
 from hycam_pl.metrics.task_metrics import MACRO
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+EXAMPLES_JSONL = "examples.jsonl"
 # A section beside the tasks: the routing specialisation (``task_nmi``, mean over layers, and
 # ``task_nmi/layer_<i>``; see ``hycam_pl.metrics.routing.task_expert_nmi``), shown below the task table.
 ROUTING_SECTION = "routing"
@@ -57,6 +60,24 @@ def write_results(
     )
     md_path = write_text_atomically(run_dir / RESULTS_MD, format_results_table(results) + "\n")
     return json_path, md_path
+
+
+def write_examples(rows: Sequence[Mapping[str, Any]], run_dir: str | os.PathLike) -> Path:
+    """Write ``examples.jsonl`` into ``run_dir`` atomically (readers see the whole file or none)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(_finite_values(row), ensure_ascii=False, allow_nan=False) + "\n" for row in rows]
+    return write_text_atomically(run_dir / EXAMPLES_JSONL, "".join(lines))
+
+
+def read_examples(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of an ``examples.jsonl`` file."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _finite_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def format_results_table(results: Mapping[str, Mapping[str, float | None]]) -> str:
@@ -135,20 +156,3 @@ def _json_number(value: float | int | None) -> float | int | None:
         return value
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write to a temporary file beside ``path`` and rename it into place: readers see all or nothing."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from hycam_pl.metrics.generation import GenerationMetrics
+from hycam_pl.metrics.per_example import ExampleResults
 from hycam_pl.metrics.task_score import Scorer
 from hycam_pl.metrics.teacher_forced import TeacherForcedLoss
 
@@ -35,6 +36,8 @@ class TaskMetrics(nn.Module):
         scorers: optional task-specific ``scorer(prediction, reference) -> float`` per task
             name, reported as ``"task_score"`` for the tasks that have one.
         rouge_stemmer: ROUGE with the Porter stemmer, as rouge_score's ``use_stemmer`` (default True).
+        keep_examples: also keep every example's loss, answer and scores by example id (``examples``, an
+            :class:`~hycam_pl.metrics.per_example.ExampleResults`) for the updates that pass ``example_ids``.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class TaskMetrics(nn.Module):
         task_names: Sequence[str],
         scorers: Mapping[str, Scorer] | None = None,
         rouge_stemmer: bool = True,
+        keep_examples: bool = False,
     ) -> None:
         super().__init__()
         self.task_names: tuple[str, ...] = tuple(task_names)
@@ -57,18 +61,26 @@ class TaskMetrics(nn.Module):
                 for name in self.task_names
             }
         )
+        self.examples = ExampleResults(self.task_names, scorers, rouge_stemmer) if keep_examples else None
 
     @property
     def num_tasks(self) -> int:
         return len(self.task_names)
 
-    def update_loss(self, task_ids: Tensor, nll_sum_per_example: Tensor, tokens_per_example: Tensor) -> None:
+    def update_loss(
+        self,
+        task_ids: Tensor,
+        nll_sum_per_example: Tensor,
+        tokens_per_example: Tensor,
+        example_ids: Sequence[str] | None = None,
+    ) -> None:
         """Add a (possibly mixed-task) batch of teacher-forced losses.
 
         Args:
             task_ids: ``(B,)`` integer task id of each example.
             nll_sum_per_example: ``(B,)`` summed token NLL of each example (nats).
             tokens_per_example: ``(B,)`` number of scored (non-masked) tokens of each example.
+            example_ids: the examples' ids, kept per example with ``keep_examples``.
 
         Sums are grouped by task on the inputs' device and every task's metric is updated
         (with zeros when absent), so the only host synchronisation is the task-id range check.
@@ -93,6 +105,8 @@ class TaskMetrics(nn.Module):
         per_task_tokens.index_add_(0, task_ids, tokens.detach().to(device=nll.device, dtype=torch.float64))
         for index, name in enumerate(self.task_names):
             self.teacher_forced[name].update(per_task_nll[index], per_task_tokens[index])
+        if self.examples is not None and example_ids is not None:
+            self.examples.add_losses(task_ids, example_ids, nll, tokens)
 
     def update_generation(self, task: str, predictions: Sequence[str], references: Sequence[str]) -> None:
         """Add generated answers and their references, all belonging to ``task``."""
@@ -101,9 +115,14 @@ class TaskMetrics(nn.Module):
         self.generation[task].update(predictions, references)
 
     def update_generation_by_id(
-        self, task_ids: Tensor | Sequence[int], predictions: Sequence[str], references: Sequence[str]
+        self,
+        task_ids: Tensor | Sequence[int],
+        predictions: Sequence[str],
+        references: Sequence[str],
+        example_ids: Sequence[str] | None = None,
     ) -> None:
-        """Add a mixed-task batch of generations, routed to each example's task by id."""
+        """Add a mixed-task batch of generations, routed to each example's task by id (and kept per example,
+        with ``keep_examples`` and ``example_ids``)."""
         ids = [int(i) for i in (task_ids.tolist() if isinstance(task_ids, Tensor) else task_ids)]
         if not (len(ids) == len(predictions) == len(references)):
             raise ValueError(
@@ -116,6 +135,8 @@ class TaskMetrics(nn.Module):
                 self.update_generation(
                     name, [predictions[k] for k in positions], [references[k] for k in positions]
                 )
+        if self.examples is not None and example_ids is not None:
+            self.examples.add_generations(ids, example_ids, predictions, references)
 
     def compute(self) -> Results:
         """``{task: {metric: value}}`` for every task with data, plus ``"macro"``.
@@ -147,6 +168,8 @@ class TaskMetrics(nn.Module):
             metric.reset()
         for bundle in self.generation.values():
             bundle.reset()
+        if self.examples is not None:
+            self.examples.reset()
 
     def _check_task_ids(self, task_ids: Tensor) -> None:
         if task_ids.numel() and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.num_tasks):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hycam_pl.io import commit, stage
 from hycam_pl.modulation.architectures import find_decoder, model_type_of, resolve_architecture
 from hycam_pl.modulation.config import HyCAMConfig
 from hycam_pl.modulation.layer import ContextualModulation
@@ -97,44 +97,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux reports it (``os.umask`` sets it to query it)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def give_default_permissions(fd_or_path: int | str | os.PathLike) -> None:
-    """The mode a plain ``open(path, "w")`` would give (0o666 less the umask), for a ``mkstemp`` file, which is
-    0o600: checkpoints and adapters must stay readable by teammates and serving processes as other users."""
-    mode = 0o666 & ~current_umask()
-    if isinstance(fd_or_path, int):
-        os.fchmod(fd_or_path, mode)
-    else:
-        os.chmod(fd_or_path, mode)
-
-
-def _staged(path: Path, write) -> str:
-    """Write through ``write(temporary)`` into a temporary beside ``path``; return it (removed on failure)."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        give_default_permissions(temporary)  # after writing: safetensors recreates the file as 0o600 too
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return temporary
-
-
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory`` (created if needed)."""
     state = find_state(model)
@@ -157,7 +119,7 @@ def write_adapter_files(
     weights, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
     # Both files are complete before either replaces its predecessor: the config holds the weights' checksum,
     # so a failure while writing either one must leave the previous pair in place.
-    staged_weights = _staged(weights, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    staged_weights = stage(weights, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     try:
         meta = {**meta, "weights_sha256": _sha256(Path(staged_weights))}
 
@@ -165,12 +127,12 @@ def write_adapter_files(
             with open(path, "w", encoding="utf-8") as handle:
                 json.dump(meta, handle, indent=2)
 
-        staged_config = _staged(config, write_json)
+        staged_config = stage(config, write_json)
     except BaseException:
         os.unlink(staged_weights)
         raise
-    os.replace(staged_weights, weights)
-    os.replace(staged_config, config)
+    commit(staged_weights, weights)
+    commit(staged_config, config)
     return directory
 
 

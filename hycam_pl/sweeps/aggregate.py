@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hycam_pl.metrics.results import format_value, write_text_atomically
+from hycam_pl.io import write_text_atomically, write_with_handle
+from hycam_pl.metrics.results import format_value
 from hycam_pl.sweeps.spec import SweepSpec, Trial
 from hycam_pl.sweeps.trial import FAILED, RESULT, read_json
 
@@ -280,10 +281,8 @@ def write_plots(spec: SweepSpec, stats: list[GroupStats], directory: Path) -> li
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = directory / plot_file(metric)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
+        write_with_handle(path, lambda handle, fig=fig: fig.savefig(handle, dpi=110, format="png"))
         plt.close(fig)
-        tmp.replace(path)
         paths.append(path)
     return paths
 

@@ -17,10 +17,11 @@ from typing import Any
 
 import yaml
 
+from hycam_pl.io import write_json_atomically, write_text_atomically
 from hycam_pl.sweeps import trial as trial_module
 from hycam_pl.sweeps.aggregate import TrialRecord, aggregate, read_record
 from hycam_pl.sweeps.spec import LOG_NAME, LOG_VERSION, SweepError, SweepSpec, Trial, trial_config
-from hycam_pl.sweeps.trial import CONFIG, FAILED, RESULT, read_json, write_json_atomically
+from hycam_pl.sweeps.trial import CONFIG, FAILED, RESULT, read_json
 
 TRIALS_DIR = "trials"
 TRIAL_JSON = "trial.json"
@@ -85,9 +86,7 @@ def prepare(spec: SweepSpec, item: PlannedTrial) -> None:
     text = f"# trial {item.trial.id} of sweep {spec.name} ({spec.path})\n" + yaml.safe_dump(
         item.config, sort_keys=False
     )
-    tmp = item.directory / f".{CONFIG}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(item.directory / CONFIG)
+    write_text_atomically(item.directory / CONFIG, text)
     write_json_atomically(
         item.directory / TRIAL_JSON,
         {

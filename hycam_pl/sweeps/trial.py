@@ -20,17 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hycam_pl.metrics.results import write_text_atomically
+from hycam_pl.io import write_json_atomically
 
 RESULT = "result.json"
 FAILED = "failed.json"
 CONFIG = "config.yaml"
 TAIL_LINES = 20
-
-
-def write_json_atomically(path: Path, payload: Any) -> None:
-    """Readers see all or nothing (see :func:`write_text_atomically`)."""
-    write_text_atomically(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

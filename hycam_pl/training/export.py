@@ -10,7 +10,9 @@ device and only the trainable tensors are put in. Lightning's distributed checkp
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -18,75 +20,15 @@ from typing import Any
 
 import torch
 
+from hycam_pl.io import fsync_directory
+from hycam_pl.methods.peft_methods import METHOD_FILE
+from hycam_pl.modulation.persistence import CONFIG_FILE
+from hycam_pl.training.checkpoints import TRUST_ENV, read_checkpoint
+from hycam_pl.training.resume import check_writable
 from hycam_pl.training.sharding import deferred_build
 from hycam_pl.training.validation import report_user_errors
 
 USAGE = "hycam export CKPT OUT_DIR: write the adapter folder of a training checkpoint (file or folder)"
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"hyper_parameters", "state_dict"}`` of a Lightning checkpoint file, a distributed checkpoint folder
-    (FSDP2/ModelParallel) or a DeepSpeed checkpoint folder; ``state_dict`` keys as in ``MultiTaskLM``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    if _is_distributed_checkpoint(path):  # torch.distributed.checkpoint folder (Lightning: meta.pt beside it)
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-        with tempfile.TemporaryDirectory() as scratch:
-            target = Path(scratch) / "full.pt"
-            dcp_to_torch_save(path, target)
-            checkpoint = torch.load(target, map_location="cpu", weights_only=False)
-        meta = path / "meta.pt"
-        if meta.is_file():
-            checkpoint.update(torch.load(meta, map_location="cpu", weights_only=False))
-        return checkpoint
-    if _is_deepspeed_checkpoint(path):
-        return _read_deepspeed(path)
-    raise ValueError(
-        f"{path} is a folder but neither a distributed checkpoint (.metadata) nor a DeepSpeed checkpoint"
-    )
-
-
-def is_checkpoint_folder(path: str | os.PathLike) -> bool:
-    """A checkpoint saved as a folder: FSDP2's distributed checkpoint or DeepSpeed's (one file per rank)."""
-    path = Path(path)
-    return path.is_dir() and (_is_distributed_checkpoint(path) or _is_deepspeed_checkpoint(path))
-
-
-def _is_distributed_checkpoint(path: Path) -> bool:
-    return (path / ".metadata").is_file()
-
-
-def _is_deepspeed_checkpoint(path: Path) -> bool:
-    return bool(_deepspeed_model_states(path)) or (path / "latest").is_file()
-
-
-def _read_deepspeed(path: Path) -> dict[str, Any]:
-    """DeepSpeed (ZeRO 2/3) folder: the client state holds the hyper-parameters; weights are consolidated to
-    fp32 by DeepSpeed's own ``zero_to_fp32`` (only the trainable ones when frozen ones were excluded)."""
-    try:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    except ImportError:
-        raise ValueError(f"{path} is a DeepSpeed checkpoint; reading it needs deepspeed installed") from None
-    states = _deepspeed_model_states(path)
-    if not states:
-        raise ValueError(f"{path} is a DeepSpeed checkpoint folder without model states (*model_states.pt)")
-    client = torch.load(states[0], map_location="cpu", weights_only=False)
-    weights = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=states[0].parent.name)
-    # DeepSpeed names parameters relative to the wrapped LightningModule ("_forward_module." prefix at most).
-    state = {k.removeprefix("_forward_module."): v for k, v in weights.items()}
-    return {**client, "state_dict": state}
-
-
-def _deepspeed_model_states(path: Path) -> list[Path]:
-    """Rank 0's model-states file (client state: hyper-parameters), named by ZeRO stage: ``mp_rank_00_...``
-    up to stage 2, ``zero_pp_rank_0_mp_rank_00_...`` at stage 3."""
-    return sorted(path.glob("*/mp_rank_00_model_states.pt")) or sorted(
-        path.glob("*/zero_pp_rank_0_mp_rank_00_model_states.pt")
-    )
 
 
 def module_from_checkpoint(checkpoint: dict[str, Any]):
@@ -124,16 +66,110 @@ def write_adapter(module: Any, trainable: dict[str, torch.Tensor], directory: st
 
 
 def export(checkpoint_path: str | os.PathLike, directory: str | os.PathLike) -> Path:
-    checkpoint = read_checkpoint(checkpoint_path)
+    """Write the adapter of ``checkpoint_path`` into ``directory`` without deleting or renaming anything the
+    export did not write (see :func:`check_export_target`)."""
+    target = Path(directory)
+    check_export_target(target)  # before the (possibly large) checkpoint is read
+    checkpoint = read_checkpoint(checkpoint_path, "hycam export CKPT")
     module = module_from_checkpoint(checkpoint)
-    return write_adapter(module, checkpoint.get("state_dict", {}), directory)
+    return write_adapter_into(module, checkpoint.get("state_dict", {}), target)
+
+
+# --------------------------------------------------------------------------------------- the output folder
+def check_export_target(target: Path) -> None:
+    """Refuse a target that is an existing file, or a folder that cannot take new files. One line each."""
+    if target.exists() and not target.is_dir():
+        raise ValueError(
+            f"hycam export: {target} is an existing file, not a folder; give a new or empty folder "
+            "(nothing was written)"
+        )
+    check_writable("hycam export OUT_DIR", target)
+
+
+def adapter_format(folder: Path) -> str | None:
+    """What kind of adapter folder ``folder`` holds, from the files every method's ``save`` writes: a peft
+    folder (``hycam_method.json`` names the method), a HyCAM/CAM or LoRA-mixture folder (the key of its config in
+    ``adapter_config.json``); None when it holds no adapter."""
+    method_file, config_file = folder / METHOD_FILE, folder / CONFIG_FILE
+    try:
+        if method_file.is_file():
+            return f"peft {json.loads(method_file.read_text(encoding='utf-8')).get('method')}"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            keys = [k for k in ("hycam_config", "mixture_config") if isinstance(config, dict) and k in config]
+            return keys[0].removesuffix("_config") if keys else "unknown"
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+    return None
+
+
+def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: Path) -> Path:
+    """The adapter written into a fresh staging folder, then moved into ``target``: a new folder is renamed into
+    place whole; an existing one must be empty or hold a previous export of the same kind, and only the files
+    this export writes are replaced there (other files are kept)."""
+    existed = target.is_dir()
+    parent = target if existed else target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=".hycam-export-", suffix=".tmp"))
+    try:
+        staged = staging / "adapter"
+        write_adapter(module, trainable, staged)
+        if not existed:
+            os.replace(staged, target)
+            return target
+        others = sorted(p.name for p in target.iterdir() if p != staging)
+        if others:
+            previous, new = adapter_format(target), adapter_format(staged)
+            if previous is None:
+                shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+                raise ValueError(
+                    f"hycam export: {target} is not empty and holds no adapter ({shown}); export into a new or "
+                    "empty folder (nothing was written or deleted)"
+                )
+            if previous != new:
+                raise ValueError(
+                    f"hycam export: {target} holds a {previous} adapter, this checkpoint's is {new}; export "
+                    "into a new or empty folder (nothing was written or deleted)"
+                )
+        for entry in sorted(staged.iterdir()):
+            if entry.is_dir() and (target / entry.name).is_file():
+                raise ValueError(
+                    f"hycam export: {target / entry.name} is a file where the adapter has a folder"
+                )
+        for entry in sorted(staged.iterdir()):  # the adapter's own files only; the config (checksum) last
+            if entry.name != CONFIG_FILE:
+                _replace(entry, target / entry.name)
+        if (staged / CONFIG_FILE).exists():
+            _replace(staged / CONFIG_FILE, target / CONFIG_FILE)
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(source: Path, destination: Path) -> None:
+    if source.is_dir() and destination.is_dir():  # an adapter's own sub-folder: replaced as a whole
+        shutil.rmtree(destination)
+    os.replace(source, destination)
+    fsync_directory(destination.parent)
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="hycam export", description=USAGE)
     parser.add_argument("checkpoint", help="a .ckpt file, or a distributed / DeepSpeed checkpoint folder")
-    parser.add_argument("out_dir", help="the adapter folder to write")
+    parser.add_argument(
+        "out_dir",
+        help="the adapter folder to write: new, empty, or a previous export of the same kind (only the "
+        "adapter's own files are replaced; nothing else in it is touched)",
+    )
+    parser.add_argument(
+        "--trust-checkpoint-code",
+        action="store_true",
+        help=f"read a DeepSpeed folder holding objects beyond the allow-list with DeepSpeed's full unpickling "
+        f"(same as {TRUST_ENV}=1); only for folders you wrote yourself",
+    )
     args = parser.parse_args(argv)
+    if args.trust_checkpoint_code:
+        os.environ[TRUST_ENV] = "1"
     with report_user_errors():
         target = export(args.checkpoint, args.out_dir)
         print(f"Wrote the adapter to {target}")

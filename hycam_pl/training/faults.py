@@ -12,9 +12,7 @@ fsyncs, and ``os.replace``-s, so the previous file stays intact until the new on
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,56 +21,15 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 
-from hycam_pl.modulation.persistence import give_default_permissions
-
-TEMP_SUFFIX = ".tmp"
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened (Windows)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+from hycam_pl.io import remove_stale_temporaries, write_with_handle
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` that never leaves a partial ``path``: temp file in the same directory,
-    fsync, ``os.replace``. Stale temporaries of ``path`` left by killed writers are removed on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=TEMP_SUFFIX)
-    try:
-        give_default_permissions(fd)  # mkstemp's 0o600 would hide checkpoints from other users
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(path.parent)
-    remove_stale_temporaries(path)
-    return path
-
-
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete temporaries of ``path`` that a SIGKILLed writer left behind (``.<name>.<random>.tmp``)."""
-    path = Path(path)
-    removed = []
-    for stale in path.parent.glob(f"{_temp_prefix(path)}*{TEMP_SUFFIX}"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-            removed.append(stale)
-    return removed
+    """``torch.save(obj, path)`` that never leaves a partial ``path`` (:mod:`hycam_pl.io`); stale temporaries of
+    ``path`` left by killed writers are removed on success."""
+    written = write_with_handle(path, lambda handle: torch.save(obj, handle))
+    remove_stale_temporaries(written)
+    return written
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -16,7 +16,13 @@ import torch
 
 from hycam_pl.backbone import load_backbone
 from hycam_pl.methods import build_method
-from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss, format_results_table, write_results
+from hycam_pl.metrics import (
+    TaskMetrics,
+    TeacherForcedLoss,
+    format_results_table,
+    write_examples,
+    write_results,
+)
 from hycam_pl.modulation import HyCAMConfig, is_attached, routing_statistics, without_routing_records
 from hycam_pl.training.losses import LOSS_REDUCTIONS, per_example_nll, task_loss_terms
 from hycam_pl.training.resume import apply_optimizer_options, shape_mismatches
@@ -236,7 +242,9 @@ class MultiTaskLM(L.LightningModule):
         if self.val_metrics is None:
             stemmer = self.generation.rouge_stemmer
             self.val_metrics = TaskMetrics(data.task_names, scorers, stemmer).to(self.device)
-            self.test_metrics = TaskMetrics(data.task_names, scorers, stemmer).to(self.device)
+            self.test_metrics = TaskMetrics(data.task_names, scorers, stemmer, keep_examples=True).to(
+                self.device
+            )
 
     # ---------------------------------------------------------------------------------------- training
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -390,7 +398,7 @@ class MultiTaskLM(L.LightningModule):
         self, batch: dict[str, torch.Tensor], metrics: TaskMetrics, overall: TeacherForcedLoss
     ) -> None:
         _, nll_sum, tokens = self._losses(batch)
-        metrics.update_loss(batch["task_ids"], nll_sum, tokens)
+        metrics.update_loss(batch["task_ids"], nll_sum, tokens, batch.get("example_ids"))
         overall.update(nll_sum.sum(), tokens.sum())
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -409,12 +417,17 @@ class MultiTaskLM(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._score_generations("test", self.test_metrics)
+        examples = self.test_metrics.examples.gathered()  # every rank takes part
         results = self._log_results("test", self.test_metrics, self.test_overall)
         results, self.extra_test_results = {**results, **self.extra_test_results}, {}
         run_dir = self.run_dir()
         if self.trainer.is_global_zero and run_dir is not None:
             json_path, md_path = write_results(results, run_dir)
-            print(f"\nPer-task test results ({json_path}, {md_path}):\n{format_results_table(results)}")
+            where = f"{json_path}, {md_path}"
+            if examples:  # batches from MultiTaskDataModule carry example ids; plain loaders may not
+                where += f"; per example: {write_examples(examples, run_dir)}"
+            print(f"\nPer-task test results ({where}):")
+            print(format_results_table(results))
 
     def _log_results(self, prefix: str, metrics: TaskMetrics, overall: TeacherForcedLoss) -> dict:
         results = metrics.compute()
@@ -476,7 +489,9 @@ class MultiTaskLM(L.LightningModule):
         for batch, real in synchronised_batches(loader, self):
             predictions = self.generate_batch(batch)
             if real:  # a padding batch only keeps this rank in step with the others (sharded weights)
-                metrics.update_generation_by_id(batch["task_ids"], predictions, batch["references"])
+                metrics.update_generation_by_id(
+                    batch["task_ids"], predictions, batch["references"], batch.get("example_ids")
+                )
         self.model.train(was_training)
 
     # ------------------------------------------------------------------------------------------ predict

@@ -22,7 +22,6 @@ import importlib
 import logging
 import math
 import os
-import pickle
 import re
 import tempfile
 from collections.abc import Mapping
@@ -35,12 +34,10 @@ import torch
 from hycam_pl.backbone import config_from_dict
 from hycam_pl.methods import build_method
 from hycam_pl.modulation import HyCAMConfig
-from hycam_pl.training.export import is_checkpoint_folder
-from hycam_pl.training.export import read_checkpoint as read_checkpoint_folder
+from hycam_pl.training.checkpoints import CKPT_SUFFIX, is_checkpoint_folder, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-CKPT_SUFFIX = ".ckpt"
 LAST_PATTERN = re.compile(r"^last(-(\d+))?$")  # Lightning's ModelCheckpoint names: last.ckpt, last-v1.ckpt
 SPECIAL_CKPT_PATHS = ("best", "hpc")
 EVAL_STAGES = ("validate", "test", "predict")
@@ -75,62 +72,9 @@ IGNORED_OPTIONS = ("adapter",)
 
 
 # ------------------------------------------------------------------------------------- reading checkpoints
-def other_checkpoints(path: Path) -> list[str]:
-    """The other ``*.ckpt`` files beside ``path``, newest first (what a user could resume from instead)."""
-    directory = path.parent
-    if not directory.is_dir():
-        return []
-    others = [p for p in directory.glob(f"*{CKPT_SUFFIX}") if p.name != path.name and _is_checkpoint(p)]
-    return [str(p) for p in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)]
-
-
 def _is_checkpoint(path: Path) -> bool:
     """A checkpoint file, or a checkpoint folder (DeepSpeed, or FSDP2's distributed checkpoint)."""
     return path.is_file() or is_checkpoint_folder(path)
-
-
-def read_checkpoint(path: str | os.PathLike, option: str = "--ckpt_path") -> dict[str, Any]:
-    """The checkpoint at ``path`` (tensors memory-mapped, so a large one costs little to read twice); a
-    DeepSpeed or distributed checkpoint folder is consolidated (its trainable weights only, as saved).
-
-    Raises ``FileNotFoundError``/``ValueError`` with one line naming the file: missing, a directory that is
-    no checkpoint, or truncated/not a checkpoint (then listing the other checkpoints in its folder).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{option}: checkpoint file not found: {path}")
-    if is_checkpoint_folder(path):
-        return read_checkpoint_folder(path)
-    if path.is_dir():
-        raise ValueError(
-            f"{option}: {path} is a directory, neither a checkpoint file nor a DeepSpeed or distributed "
-            "checkpoint folder"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error):  # complete, but holds objects only full unpickling restores:
-            return {}  # not ours to execute here; Lightning's own load decides
-        raise _unreadable(path, option, error) from None
-    except Exception as error:  # zip reader, EOF, bad magic number: all mean "not a complete checkpoint"
-        raise _unreadable(path, option, error) from None
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
-        raise ValueError(f"{option}: {path} is not a Lightning checkpoint (no 'state_dict')")
-    return dict(checkpoint)
-
-
-def _unreadable(path: Path, option: str, error: BaseException) -> ValueError:
-    reason = " ".join(str(error).split())[:160] or type(error).__name__
-    others = other_checkpoints(path)
-    hint = (
-        f"other checkpoints in {path.parent}: {', '.join(others)}"
-        if others
-        else "no other checkpoint beside it"
-    )
-    return ValueError(
-        f"{option}: checkpoint {path} is truncated or not a checkpoint "
-        f"({path.stat().st_size} bytes; {type(error).__name__}: {reason}); {hint}"
-    )
 
 
 # ------------------------------------------------------------------------- where a run's checkpoints live
@@ -469,7 +413,7 @@ def prepare_checkpoint(section: Any, subcommand: str) -> Path | None:
         path = found
     else:
         path = Path(ckpt_path)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, "--ckpt_path")
     model = _plain(_get(section, "model", {})) or {}
     check_options_fit_checkpoint(model, checkpoint, path, subcommand)
     section["ckpt_path"] = str(path)

@@ -37,6 +37,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from hycam_pl.backbone import DTYPES, backbone_config
+from hycam_pl.training.checkpoints import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +163,7 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         if not self._evaluates_zero3_folder(checkpoint_path):
             return super().load_checkpoint(checkpoint_path, weights_only)
-        from hycam_pl.training.export import read_checkpoint
-
-        return read_checkpoint(checkpoint_path)
+        return read_checkpoint(checkpoint_path, "--ckpt_path")
 
     def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
         if self._evaluates_zero3_folder(self.lightning_module.trainer.ckpt_path):

@@ -72,6 +72,7 @@ def test_trials_run_and_the_failing_point_is_reported(swept: dict) -> None:
         run = directory / "logs" / "version_0"
         assert list(run.glob("events.out.tfevents.*")), f"no TensorBoard events in {run}"
         assert (run / "results.json").is_file()
+        assert (run / "examples.jsonl").is_file()  # kept per trial, beside results.json (committed with it)
     assert not (out / "trials" / BAD / "result.json").exists()
     failure = yaml.safe_load((out / "trials" / BAD / "failed.json").read_text())
     assert failure["stage"] == "fit" and failure["exit_code"] == 2

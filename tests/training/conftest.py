@@ -71,7 +71,8 @@ def assert_export_reproduces_logits(checkpoint_path: Path, adapter_dir: Path) ->
 
     from hycam_pl import load_adapter
     from hycam_pl.backbone import load_backbone
-    from hycam_pl.training.export import module_from_checkpoint, read_checkpoint
+    from hycam_pl.training.checkpoints import read_checkpoint
+    from hycam_pl.training.export import module_from_checkpoint
 
     checkpoint = read_checkpoint(checkpoint_path)  # a file, or a distributed / DeepSpeed folder
     trained = module_from_checkpoint(checkpoint)  # deferred: the backbone is built on first use

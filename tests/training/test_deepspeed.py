@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from hycam_pl.training.export import export, module_from_checkpoint, read_checkpoint
+from hycam_pl.training.checkpoints import read_checkpoint
+from hycam_pl.training.export import export, module_from_checkpoint
 
 from .conftest import (
     REPO,

@@ -82,11 +82,11 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path, interrupt_at):
 
 
 def test_a_folder_that_is_no_checkpoint_is_refused_with_one_line(tmp_path):
-    from hycam_pl.training.resume import read_checkpoint
+    from hycam_pl.training.checkpoints import read_checkpoint
 
     folder = tmp_path / "last.ckpt"
     (folder / "checkpoint").mkdir(parents=True)  # looks like a DeepSpeed folder, but holds nothing
     with pytest.raises(
         ValueError, match=r"--ckpt_path: .*last\.ckpt is a directory, neither a checkpoint file"
     ):
-        read_checkpoint(folder)
+        read_checkpoint(folder, "--ckpt_path")
