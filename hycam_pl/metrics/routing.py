@@ -117,9 +117,10 @@ def task_expert_nmi(joint: Tensor) -> Tensor:
     its tokens to an expert of its own (with more tasks than experts: each task to one expert; with more experts
     than tasks: no expert shared by two tasks). Why the minimum: it is the largest ``I`` can be, so 1 is
     reachable for any numbers of tasks and experts (dividing by ``H(task)`` would cap the score at
-    ``log K / log T`` with fewer experts than tasks); it equals scikit-learn's ``normalized_mutual_info_score``
-    with ``average_method="min"`` on per-token labels. A collapsed router (``H(expert) = 0``) scores 0; with
-    fewer than two tasks seen (``H(task) = 0``) specialisation by task is undefined: NaN. Entropies in nats.
+    ``log K / log T`` with fewer experts than tasks); it is what scikit-learn's ``normalized_mutual_info_score``
+    computes with ``average_method="min"`` on per-token labels, but for the degenerate cases: a collapsed
+    router (``H(expert) = 0``) scores 0; with fewer than two tasks seen (``H(task) = 0``) specialisation by task
+    is undefined: NaN. Entropies in nats.
     """
     joint = joint.double()
     total = joint.sum(dim=(-2, -1), keepdim=True)

@@ -236,15 +236,16 @@ def connect(ray: Any, address: str | None) -> None:
     except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as error:
         auth = os.environ.get(AUTH_MODE_ENV, "")
         hint = (
-            f"{AUTH_MODE_ENV}={auth}; a cluster started with `ray start` checks a token when its head found one "
+            f"{f'{AUTH_MODE_ENV}={auth}' if auth else f'{AUTH_MODE_ENV} is not set'}; a cluster started with "
+            "'ray start' checks a token when its head found one "
             f"(Ray 2.60): set {AUTH_MODE_ENV}=token and give this machine the cluster's token (~/.ray/auth_token, "
-            "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN; `ray get-auth-token` on the head prints it)"
+            "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN; 'ray get-auth-token' on the head prints it)"
             if auth.lower() != "token"
-            else f"{AUTH_MODE_ENV}=token: is this machine's token the cluster's (`ray get-auth-token` on the head)?"
+            else f"{AUTH_MODE_ENV}=token: is this machine's token the cluster's ('ray get-auth-token' on the head)?"
         )
         raise SweepError(
             f"--address {address}: could not join the Ray cluster ({_cause(error)}). Is a head running there "
-            f"(`ray start --head`) and reachable from this machine? {hint}"
+            f"('ray start --head') and reachable from this machine? {hint}"
         ) from error
 
 
@@ -271,7 +272,7 @@ def check_resources(spec: SweepSpec, nodes: list[dict[str, Any]], where: str) ->
     )
     raise SweepError(
         f"{spec.path}: resources {{cpu: {wanted['CPU']:g}, gpu: {wanted['GPU']:g}}} per trial: no node of the "
-        f"{where} has them (its nodes have {largest or 'nothing'}); lower `resources` or add a node that has them"
+        f"{where} has them (its nodes have {largest or 'nothing'}); lower the resources or add a node that has them"
     )
 
 
