@@ -18,9 +18,10 @@ from lightning.pytorch.cli import LightningCLI
 from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.training import MultiTaskLM
 from hycam_pl.training.checkpoints import install_safe_checkpoint_loading
-from hycam_pl.training.faults import install_atomic_checkpoint_io
+from hycam_pl.training.faults import install_atomic_checkpoint_io, install_final_last_checkpoint
 from hycam_pl.training.resume import check_output_directories, prepare_checkpoint
 from hycam_pl.training.sharding import deferred_build, quiet_deepspeed_detection, shards_weights
+from hycam_pl.training.signals import exit_codes_for_signals
 from hycam_pl.training.validation import preflight, report_user_errors, validate_cli_config
 
 
@@ -52,6 +53,7 @@ class HyCAMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_checkpoint_io(trainer)
+        install_final_last_checkpoint(trainer)  # last.ckpt is the final step, whatever the interval
         install_safe_checkpoint_loading(trainer)  # Lightning's own --ckpt_path load cannot run code either
         return trainer
 
@@ -80,7 +82,7 @@ def main(args: list[str] | None = None) -> None:
 
         return export(argv[1:])
     quiet_deepspeed_detection()
-    with report_user_errors():
+    with exit_codes_for_signals(), report_user_errors():  # SIGTERM: exit 143, SIGINT: 130 (never 0)
         _main(args)
 
 

@@ -125,12 +125,27 @@ class ContextualModulation(nn.Module):
                 "this architecture's layer does not call attention the way its registry entry says."
             )
         self._attention_input = None
+        residual, self._residual = self._residual, None
+        return self.modulate_output(x, output, residual)
+
+    def modulate_output(self, x: torch.Tensor, output: Any, residual: torch.Tensor | None = None) -> Any:
+        """The modulation site's ``output`` (a tensor, or a tuple whose first item is the attention output)
+        modulated by ``M(x)``, with the routing recorded for the balance loss and telemetry.
+
+        ``x`` is the attention input; ``residual`` is the layer's residual stream ``h`` (``apply_to=residual_sum``
+        only). The one entry point of both ways HyCAM is applied: :func:`hycam_pl.attach`'s hooks and the peft
+        tuner layer (``hycam_pl.peft``), so the two compute the same function.
+        """
         attn = output[0] if isinstance(output, tuple) else output
         record = self._state.record_for_forward() if self._state is not None else None
         token_mask = flat_token_mask(record.token_mask if record else None, x.shape[:-1], self.layer_index)
         if self.apply_to == "residual_sum":
+            if residual is None:
+                raise RuntimeError(
+                    f"HyCAM layer {self.layer_index}: apply_to='residual_sum' needs the layer's residual stream, "
+                    "and none was captured before the attention ran"
+                )
             delta, routing = self.modulation_delta(x)
-            residual, self._residual = self._residual, None
             modulated = attn + ((residual + attn) * delta).to(attn.dtype)  # (h + a) * M - h
         else:
             modulated, routing = self.modulate(x, attn)

@@ -36,6 +36,8 @@ class ModulationState:
         self.config = config
         self.model_type = model_type
         self.layer_indices = layer_indices
+        # The modules that run, by layer index: attach's, or the active adapter's under peft (hycam_pl.peft).
+        self.modules: dict[int, ContextualModulation] = {}
         self.handles: list[Any] = []
         self.requires_grad: dict[str, bool] = {}
         self.norm_originals: dict[str, torch.Tensor] = {}
@@ -121,10 +123,8 @@ def is_attached(model: nn.Module) -> bool:
 
 
 def modulated_layers(model: nn.Module) -> dict[int, ContextualModulation]:
-    _, layers = find_decoder(model)
-    state = find_state(model)
-    spec = resolve_architecture(model)
-    return {i: getattr(getattr(layers[i], spec.attention), ADAPTER_NAME) for i in state.layer_indices}
+    """The modulation module of each modulated layer, by layer index."""
+    return dict(find_state(model).modules)
 
 
 def hidden_size_of(model: nn.Module) -> int:
@@ -182,6 +182,7 @@ def attach(model: nn.Module, config: HyCAMConfig | None = None) -> nn.Module:
         modules[i] = module.train(attention.training)  # a new module defaults to training mode
 
     state = ModulationState(config, model_type_of(model), indices)
+    state.modules = dict(modules)
     state.requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     for i, module in modules.items():

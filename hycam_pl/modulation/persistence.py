@@ -1,5 +1,12 @@
 """Save and load the adapter: safetensors weights plus a JSON file with the config and the base model's identity.
 
+The folder is a peft adapter folder (``peft_type: HYCAM``): ``peft.PeftModel.from_pretrained`` loads it once
+``hycam_pl.peft`` is imported, and :func:`load_adapter` loads it into a plain model with :func:`attach`. Its JSON
+holds the HyCAM options at the top level (the fields of ``hycam_pl.peft.HyCAMPeftConfig``), the base model's
+identity (``base_model_identity``) and the weights' checksum; the weights are keyed the way peft keys them
+(``base_model.model.<parameter name in the base model>``). Folders of the earlier hycam_pl-only format
+(``hycam_config`` + ``base_model``, keys ``layers.<i>.<path>``) still load.
+
 Loading validates everything (identity, checksum, keys, shapes, dtypes) before it touches the model, so a bad
 adapter directory raises and leaves the model exactly as it was. Writes go to temporary files that are
 renamed into place, so a crash mid-write leaves the previous adapter intact.
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +42,9 @@ from hycam_pl.modulation.model import (
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the earlier hycam_pl-only format, still read
+PEFT_TYPE = "HYCAM"  # ``peft_type`` of the peft format, registered with peft by ``hycam_pl.peft``
+PEFT_KEY_PREFIX = "base_model.model."  # how peft prefixes the base model's parameter names in adapter files
 IDENTITY_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
 
@@ -98,15 +108,73 @@ def _sha256(path: Path) -> str:
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory`` (created if needed)."""
+    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` into ``directory`` (created if needed), as a
+    peft adapter folder (see the module docstring)."""
     state = find_state(model)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "hycam_config": state.config.to_dict(),
-        "layer_indices": state.layer_indices,
-        "base_model": base_identity(model),
+    keys = peft_key_map(model, state.config, state.layer_indices)
+    internal = adapter_state_dict(model)
+    meta = peft_adapter_config(model, state.config, state.layer_indices)
+    return write_adapter_files(directory, {keys[name]: tensor for name, tensor in internal.items()}, meta)
+
+
+def attention_module_names(model: nn.Module, indices: list[int]) -> list[str]:
+    """The full module names (as in ``model.named_modules()``) of the attention blocks of decoder layers ``indices``:
+    the modules the peft tuner wraps."""
+    spec = resolve_architecture(model)
+    return [f"{name}.{spec.attention}" for name in _layer_names(model, indices)]
+
+
+def norm_module_names(model: nn.Module, indices: list[int]) -> list[str]:
+    """The full names of the norms of layers ``indices`` that ``train_norms`` trains (peft's ``modules_to_save``)."""
+    spec = resolve_architecture(model)
+    _, layers = find_decoder(model)
+    return [
+        f"{name}.{norm}"
+        for i, name in zip(indices, _layer_names(model, indices))
+        for norm in spec.norms
+        if isinstance(getattr(layers[i], norm, None), nn.Module)
+    ]
+
+
+def _layer_names(model: nn.Module, indices: list[int]) -> list[str]:
+    _, layers = find_decoder(model)
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(layers[i])] for i in indices]
+
+
+def peft_key_map(model: nn.Module, config: HyCAMConfig, indices: list[int]) -> dict[str, str]:
+    """``layers.<i>.<path>`` (:func:`adapter_state_dict`'s keys) -> the key peft uses for the same tensor."""
+    spec = resolve_architecture(model)
+    _, layers = find_decoder(model)
+    with torch.device("meta"):
+        template = ContextualModulation(hidden_size_of(model), config, 0)
+    keys: dict[str, str] = {}
+    for i, name in zip(indices, _layer_names(model, indices)):
+        for param, _ in template.named_parameters():
+            keys[f"layers.{i}.{ADAPTER_NAME}.{param}"] = (
+                f"{PEFT_KEY_PREFIX}{name}.{spec.attention}.{ADAPTER_NAME}.{param}"
+            )
+        if config.train_norms:
+            for norm_name in spec.norms:
+                norm = getattr(layers[i], norm_name, None)
+                for param, _ in norm.named_parameters() if norm is not None else ():
+                    keys[f"layers.{i}.{norm_name}.{param}"] = f"{PEFT_KEY_PREFIX}{name}.{norm_name}.{param}"
+    return keys
+
+
+def peft_adapter_config(model: nn.Module, config: HyCAMConfig, indices: list[int]) -> dict[str, Any]:
+    """The ``adapter_config.json`` of a peft-format HyCAM folder (``hycam_pl.peft.HyCAMPeftConfig``'s fields)."""
+    identity = base_identity(model)
+    return {
+        "peft_type": PEFT_TYPE,
+        "task_type": None,
+        "inference_mode": True,
+        "base_model_name_or_path": identity["name_or_path"] or None,
+        **config.to_dict(),
+        "target_modules": attention_module_names(model, indices),
+        "modules_to_save": norm_module_names(model, indices) if config.train_norms else None,
+        "base_model_identity": identity,
     }
-    return write_adapter_files(directory, adapter_state_dict(model), meta)
 
 
 def write_adapter_files(
@@ -169,6 +237,8 @@ def tensor_problems(expected: dict[str, tuple[int, ...]], tensors: dict[str, tor
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The folder's JSON plus ``config`` (the :class:`HyCAMConfig`), ``base_model`` (the base model's identity) and
+    ``format`` (``peft`` or ``hycam_pl-v1``), for either format."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(
@@ -178,8 +248,24 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterError(f"adapter config {path} is corrupt: {error}") from None
-    if not isinstance(meta, dict) or "hycam_config" not in meta or "base_model" not in meta:
+    if isinstance(meta, dict) and "peft_type" in meta:
+        if meta["peft_type"] != PEFT_TYPE:
+            raise AdapterError(
+                f"adapter config {path} is a peft {meta['peft_type']!r} adapter, not HyCAM; load it with "
+                "peft.PeftModel.from_pretrained"
+            )
+        if not isinstance(meta.get("base_model_identity"), dict):
+            raise AdapterError(
+                f"adapter config {path} is missing 'base_model_identity' (the base model's identity)"
+            )
+        names = {f.name for f in fields(HyCAMConfig)}
+        meta["hycam_config"] = {k: v for k, v in meta.items() if k in names}
+        meta["base_model"] = meta["base_model_identity"]
+        meta["format"] = "peft"
+    elif not isinstance(meta, dict) or "hycam_config" not in meta or "base_model" not in meta:
         raise AdapterError(f"adapter config {path} is missing 'hycam_config' or 'base_model'")
+    else:
+        meta["format"] = f"hycam_pl-v{meta.get('format_version', FORMAT_VERSION)}"
     try:
         meta["config"] = HyCAMConfig.from_dict(dict(meta["hycam_config"]))
     except (TypeError, ValueError) as error:
@@ -216,7 +302,14 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     check_base_matches(model, meta, directory)
     tensors = read_adapter_weights(directory, meta)
     indices = validate_for_model(model, config)
-    problems = tensor_problems(_expected_shapes(model, config, indices), tensors)
+    expected = _expected_shapes(model, config, indices)
+    if meta["format"] == "peft":  # checked under the file's own keys, so errors name what is in the file
+        keys = peft_key_map(model, config, indices)
+        expected = {keys[k]: shape for k, shape in expected.items()}
+    problems = tensor_problems(expected, tensors)
+    if meta["format"] == "peft" and not problems:
+        internal = {peft: name for name, peft in keys.items()}
+        tensors = {internal[k]: v for k, v in tensors.items()}
     if problems:
         raise AdapterError(
             f"adapter weights {directory / WEIGHTS_FILE} do not fit config {CONFIG_FILE}: "

@@ -22,7 +22,7 @@ from typing import Any
 from hycam_pl.io import write_text_atomically, write_with_handle
 from hycam_pl.metrics.results import format_value
 from hycam_pl.sweeps.spec import SweepSpec, Trial
-from hycam_pl.sweeps.trial import FAILED, RESULT, read_json
+from hycam_pl.sweeps.trial import FAILED, INTERRUPTED, RESULT, read_json
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -36,7 +36,7 @@ class TrialRecord:
     """A trial and what its directory says about it."""
 
     trial: Trial
-    status: str  # done | failed | pending
+    status: str  # done | failed | interrupted (runs again) | pending
     metrics: dict[str, float | None] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -75,6 +75,15 @@ def read_record(trial: Trial, trial_dir: Path) -> TrialRecord:
             error=failure.get("error"),
             stage=failure.get("stage"),
             exit_code=failure.get("exit_code"),
+        )
+    interrupted = read_json(trial_dir / INTERRUPTED)
+    if interrupted is not None:
+        return TrialRecord(
+            trial,
+            "interrupted",
+            seconds={k: interrupted[k] for k in TIMES if k in interrupted},
+            stage=interrupted.get("stage"),
+            exit_code=interrupted.get("exit_code"),
         )
     return TrialRecord(trial, "pending")
 
@@ -164,7 +173,7 @@ def format_markdown(
 ) -> str:
     done = sum(r.status == "done" for r in records)
     failed = [r for r in records if r.status == "failed"]
-    pending = sum(r.status == "pending" for r in records)
+    pending = sum(r.status in ("pending", "interrupted") for r in records)
     bases = ", ".join(f"`{b}`" for b in spec.base)
     lines = [
         f"# Sweep `{spec.name}`",

@@ -20,8 +20,9 @@ import yaml
 from hycam_pl.io import write_json_atomically, write_text_atomically
 from hycam_pl.sweeps import trial as trial_module
 from hycam_pl.sweeps.aggregate import TrialRecord, aggregate, read_record
+from hycam_pl.sweeps.lock import sweep_lock
 from hycam_pl.sweeps.spec import LOG_NAME, LOG_VERSION, SweepError, SweepSpec, Trial, trial_config
-from hycam_pl.sweeps.trial import CONFIG, FAILED, RESULT, read_json
+from hycam_pl.sweeps.trial import CONFIG, FAILED, INTERRUPTED, RESULT, read_json
 
 TRIALS_DIR = "trials"
 TRIAL_JSON = "trial.json"
@@ -52,6 +53,8 @@ def plan(spec: SweepSpec, sweep_dir: Path, retry_failed: bool = False) -> list[P
         recorded = read_json(directory / TRIAL_JSON)
         same = recorded is not None and _canonical(recorded.get("config")) == _canonical(config)
         status = read_record(trial, directory).status if same else "pending"
+        if status == "interrupted":  # terminated (SIGTERM, Ctrl-C): unfinished, resumes from its last.ckpt
+            status = "pending"
         if recorded is not None and not same and (directory / RESULT).exists():
             raise SweepError(
                 f"{spec.path}: trial {trial.id!r} finished in {directory} with a different config than the sweep "
@@ -83,6 +86,7 @@ def prepare(spec: SweepSpec, item: PlannedTrial) -> None:
         shutil.rmtree(item.directory)
     item.directory.mkdir(parents=True, exist_ok=True)
     (item.directory / FAILED).unlink(missing_ok=True)
+    (item.directory / INTERRUPTED).unlink(missing_ok=True)
     text = f"# trial {item.trial.id} of sweep {spec.name} ({spec.path})\n" + yaml.safe_dump(
         item.config, sort_keys=False
     )
@@ -143,6 +147,9 @@ class _Progress:
                 f"{m}={result[m]:.4g}" for m in metrics if isinstance(result.get(m), (int, float))
             )
             self.line(f"done {trial_id} ({times}): {shown}")
+        elif result.get("status") == "interrupted":
+            self.pending += 1
+            self.line(f"INTERRUPTED {trial_id} ({times}): runs again next time, from its last.ckpt")
         else:
             self.failed += 1
             self.line(f"FAILED {trial_id} ({times}): {result.get('error', 'unknown error')}")
@@ -288,6 +295,13 @@ def run_sweep(
     done, 1 when some failed or did not run."""
     cwd = (cwd or Path.cwd()).resolve()
     sweep_dir = spec.output if spec.output.is_absolute() else cwd / spec.output
+    with sweep_lock(sweep_dir):  # one sweep per directory: a second one is refused, naming the holder
+        return _run_locked(spec, sweep_dir, cwd, address, retry_failed, aggregate_only)
+
+
+def _run_locked(
+    spec: SweepSpec, sweep_dir: Path, cwd: Path, address: str | None, retry_failed: bool, aggregate_only: bool
+) -> int:
     planned = plan(spec, sweep_dir, retry_failed)
     to_run = [] if aggregate_only else [p for p in planned if p.status == "pending"]
     # Seed-major: every grid point's first seed runs before any second seed, so an interrupted sweep has

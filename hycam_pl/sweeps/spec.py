@@ -11,7 +11,7 @@ A sweep file is YAML::
     variants:                                  # optional named sets of overrides, crossed with the grid
       hycam: {}
       lora_matched: {model.method: lora, model.method_options: {match_parameters: true}}
-    seeds: [0, 1, 2]                           # seed_everything of each trial
+    seeds: [0, 1, 2]                           # seed_everything and data.seed of each trial
     metrics: [macro/task_score, macro/loss]    # <task>/<metric> from each trial's results.json
     resources: {cpu: 1, gpu: 0}                # per trial, as Ray Tune schedules them
     max_concurrent: 2                          # optional cap on trials running at once
@@ -21,6 +21,11 @@ Why the configs are merged here rather than passed as several ``-c`` files: ever
 checkpoint directory, and the checkpoint directory sits inside a list (``trainer.callbacks``) that a later
 ``-c`` file could only replace whole. Each trial therefore gets one complete ``config.yaml`` (also the exact
 record of what it ran). Paths in sweep files, like paths in hycam configs, are relative to the working directory.
+
+A trial's seed is its ``seed_everything`` (initialisation, routing noise) and its ``data.seed`` (the training
+order), so seeds measure run-to-run variation in both; task splits, and therefore the validation and test
+examples, follow each task's own seed and stay the same in every trial, which keeps trials paired. A sweep file
+that sets ``data.seed`` itself (in ``overrides``, a variant or the grid) pins it instead.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ GRID_VALUE_KEYS = {"value", "with"}
 RESOURCE_KEYS = ("cpu", "gpu")
 CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
+DATA_SEED = "data.seed"  # follows each trial's seed unless the sweep file sets it
 LOG_NAME = "logs"  # <trial>/logs/version_0/: TensorBoard events, results.json of `hycam test`
 LOG_VERSION = 0
 
@@ -122,6 +128,10 @@ class SweepSpec:
                     point[key] = value
                     _apply(config, key, value, self.path, f"grid.{key}")
                     _apply_all(config, companions, self.path, f"grid.{key}")
+                pinned = any(
+                    _names_key(entries, DATA_SEED)
+                    for entries in (self.overrides, overrides, self.grid, *self._companions())
+                )
                 for seed in self.seeds:
                     parts = ([_slug(variant)] if variant is not None else []) + [
                         f"{labels[key]}={_slug(point[key])}" for key in keys
@@ -129,6 +139,8 @@ class SweepSpec:
                     trial_id = "-".join([*parts, f"seed={seed}"])
                     seeded = copy.deepcopy(config)
                     seeded["seed_everything"] = seed
+                    if not pinned:
+                        _apply(seeded, DATA_SEED, seed, self.path, "seeds")
                     trials.append(Trial(trial_id, variant, dict(point), seed, seeded))
         seen: dict[str, Trial] = {}
         for trial in trials:
@@ -139,6 +151,10 @@ class SweepSpec:
                 )
             seen[trial.id] = trial
         return trials
+
+    def _companions(self) -> list[dict[str, Any]]:
+        """The overrides set together with grid values (``{value: V, with: {...}}``)."""
+        return [_grid_entry(entry)[1] for values in self.grid.values() for entry in values]
 
     @property
     def x_key(self) -> str | None:
@@ -315,6 +331,17 @@ def _check_dotted(key: Any, fail: Any, where: str) -> None:
             f"{where}.{key}",
             f"unknown config section {key.split('.')[0]!r}; one of {', '.join(CONFIG_SECTIONS)}",
         )
+
+
+def _names_key(overrides: Mapping[str, Any], key: str) -> bool:
+    """Whether dotted ``overrides`` set ``key``, directly (``data.seed``) or inside a mapping (``data: {seed: ..}``)."""
+    for name, value in overrides.items():
+        if name == key:
+            return True
+        rest = key.removeprefix(name + ".")
+        if rest != key and isinstance(value, Mapping) and _names_key(value, rest):
+            return True
+    return False
 
 
 def _paths(value: str | list[str]) -> list[str]:

@@ -5,9 +5,11 @@ so a worker never imports torch or hycam_pl itself: the CLI subprocesses do, eac
 process. Its state lives in files in the trial directory, written atomically:
 
 - ``result.json``: the trial finished; its metrics (the "done" marker: a finished trial is never run again);
-- ``failed.json``: a CLI command exited with an error; the stage, exit code and the end of its stderr.
+- ``failed.json``: a CLI command exited with an error; the stage, exit code and the end of its stderr;
+- ``interrupted.json``: a CLI command was terminated (SIGTERM: exit 143, SIGINT: 130, or killed by a signal):
+  the trial is unfinished, never done, and runs again (resuming from its ``last.ckpt``).
 
-A trial without either (interrupted, or its worker was killed) is unfinished and runs again.
+A trial without any of them (its worker was killed) is unfinished and runs again too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from hycam_pl.io import write_json_atomically
 
 RESULT = "result.json"
 FAILED = "failed.json"
+INTERRUPTED = "interrupted.json"
+# ``hycam``'s exit codes after SIGINT and SIGTERM (hycam_pl.training.signals; not imported: this module runs on
+# workers without torch); a negative code is a process killed by a signal.
+INTERRUPTED_EXIT_CODES = (130, 143)
 CONFIG = "config.yaml"
 TAIL_LINES = 20
 
@@ -116,6 +122,10 @@ def execute(spec: dict[str, Any], ray_node: dict[str, Any] | None = None) -> dic
             err.seek(0)
             tail = stderr_tail(err.read())
         seconds[f"{stage}_s"] = round(time.monotonic() - start, 2)
+        if code < 0 or code in INTERRUPTED_EXIT_CODES:
+            interruption = {"status": "interrupted", "stage": stage, "exit_code": code, **seconds, **where}
+            write_json_atomically(trial_dir / INTERRUPTED, interruption)
+            return {"status": "interrupted", "error": f"hycam {stage} interrupted (exit {code})", **seconds}
         if code != 0:
             failure = {
                 "status": "failed",
@@ -144,6 +154,7 @@ def execute(spec: dict[str, Any], ray_node: dict[str, Any] | None = None) -> dic
         return {"status": "failed", "error": failure["error"], **seconds}
     metrics = flatten(results)
     (trial_dir / FAILED).unlink(missing_ok=True)
+    (trial_dir / INTERRUPTED).unlink(missing_ok=True)
     write_json_atomically(trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds, **where})
     reported = {name: metrics.get(name) for name in spec["metrics"]}
     return {"status": "done", **{k: v for k, v in reported.items() if v is not None}, **seconds}

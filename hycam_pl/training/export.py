@@ -23,6 +23,7 @@ import torch
 from hycam_pl.io import fsync_directory
 from hycam_pl.methods.peft_methods import METHOD_FILE
 from hycam_pl.modulation.persistence import CONFIG_FILE
+from hycam_pl.modulation.persistence import PEFT_TYPE as HYCAM_PEFT_TYPE
 from hycam_pl.training.checkpoints import TRUST_ENV, read_checkpoint
 from hycam_pl.training.resume import check_writable
 from hycam_pl.training.sharding import deferred_build
@@ -88,14 +89,16 @@ def check_export_target(target: Path) -> None:
 
 def adapter_format(folder: Path) -> str | None:
     """What kind of adapter folder ``folder`` holds, from the files every method's ``save`` writes: a peft
-    folder (``hycam_method.json`` names the method), a HyCAM/CAM or LoRA-mixture folder (the key of its config in
-    ``adapter_config.json``); None when it holds no adapter."""
+    folder (``hycam_method.json`` names the method), a HyCAM/CAM folder (``peft_type: HYCAM``, or the earlier
+    ``hycam_config``) or a LoRA-mixture folder (``mixture_config``); None when it holds no adapter."""
     method_file, config_file = folder / METHOD_FILE, folder / CONFIG_FILE
     try:
         if method_file.is_file():
             return f"peft {json.loads(method_file.read_text(encoding='utf-8')).get('method')}"
         if config_file.is_file():
             config = json.loads(config_file.read_text(encoding="utf-8"))
+            if isinstance(config, dict) and config.get("peft_type") == HYCAM_PEFT_TYPE:
+                return "hycam"  # HyCAM/CAM folders are peft folders of hycam_pl's registered peft method
             keys = [k for k in ("hycam_config", "mixture_config") if isinstance(config, dict) and k in config]
             return keys[0].removesuffix("_config") if keys else "unknown"
     except (OSError, ValueError, AttributeError):

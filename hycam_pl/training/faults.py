@@ -1,4 +1,5 @@
-"""Crash safety for checkpoints: a ``CheckpointIO`` whose writes are atomic on every local filesystem.
+"""Crash safety for checkpoints: a ``CheckpointIO`` whose writes are atomic on every local filesystem, and a
+``last.ckpt`` that is the end of training (:class:`FinalLastCheckpoint`).
 
 Why: Lightning 2.6.6 ``TorchCheckpointIO.save_checkpoint`` -> ``_atomic_save`` serialises into memory, then
 writes through an fsspec transaction whose local temporary file comes from ``tempfile.mkstemp()`` in the
@@ -20,6 +21,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import Callback
 
 from hycam_pl.io import remove_stale_temporaries, write_with_handle
 
@@ -58,3 +60,35 @@ def install_atomic_checkpoint_io(trainer: Any) -> bool:
         strategy.checkpoint_io = AtomicCheckpointIO()
         return True
     return False
+
+
+class FinalLastCheckpoint(Callback):
+    """``last.ckpt`` is the end of training, whatever the checkpoint interval.
+
+    Why: ``ModelCheckpoint(save_last=True, every_n_train_steps=n)`` writes ``last`` only every ``n`` steps (and
+    at the end only when it never wrote one), so with ``max_steps`` not a multiple of ``n`` the run's
+    ``last.ckpt`` held an earlier step than its exported ``adapter/``, and ``test --ckpt_path last`` (what sweeps
+    run) silently evaluated older weights. At the end of a completed ``fit`` every ``save_last`` checkpoint
+    callback that has not saved this step saves it now. An interrupted fit (SIGTERM, an exception) does not reach
+    here: its ``last.ckpt`` stays the last complete save.
+    """
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        for callback in trainer.checkpoint_callbacks:
+            if (
+                not getattr(callback, "save_last", False)
+                or callback._last_global_step_saved == trainer.global_step
+            ):
+                continue
+            callback._last_checkpoint_saved = (
+                ""  # "link" mode would link the older step's file: write this one
+            )
+            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def install_final_last_checkpoint(trainer: Any) -> None:
+    """Add :class:`FinalLastCheckpoint` to the trainer's callbacks (once)."""
+    if not any(isinstance(c, FinalLastCheckpoint) for c in trainer.callbacks):
+        trainer.callbacks.insert(0, FinalLastCheckpoint())

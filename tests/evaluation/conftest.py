@@ -22,6 +22,7 @@ METRICS = ("loss", "ppl", "sacrebleu", "rouge1", "rouge2", "rougeL", "exact_matc
 MAX_STEPS = 12
 LOG_EVERY = 3  # trainer.log_every_n_steps and RoutingTelemetry.every_n_steps
 VAL_EVERY = 6
+VAL_BATCHES = 1
 
 
 def tiny_quickstart(root: Path) -> Path:
@@ -29,6 +30,9 @@ def tiny_quickstart(root: Path) -> Path:
     config = yaml.safe_load(QUICKSTART.read_text())
     trainer = config["trainer"]
     trainer.update(max_steps=MAX_STEPS, val_check_interval=VAL_EVERY, log_every_n_steps=LOG_EVERY)
+    # A limited validation, as the quickstart's (limit_val_batches: 4): one batch of 16 of the 32 validation
+    # examples, which must still cover all four tasks (test_limited_validation.py).
+    trainer["limit_val_batches"] = VAL_BATCHES
     trainer["logger"]["init_args"]["save_dir"] = str(root / "runs")
     for callback in trainer["callbacks"]:
         args = callback.setdefault("init_args", {})

@@ -39,16 +39,18 @@ def test_save_then_load_into_fresh_model_reproduces_logits(tmp_path, config):
     with torch.no_grad():
         expected = model(input_ids=input_ids, attention_mask=mask).logits
     meta = json.loads((directory / "adapter_config.json").read_text())
-    assert meta["base_model"]["model_type"] == "llama" and meta["base_model"]["hidden_size"] == 32
-    assert meta["base_model"]["num_hidden_layers"] == 2 and meta["base_model"]["vocab_size"] == 96
-    assert "name_or_path" in meta["base_model"]
+    assert meta["peft_type"] == "HYCAM"  # a peft folder: see tests/peft for PeftModel.from_pretrained
+    identity = meta["base_model_identity"]
+    assert identity["model_type"] == "llama" and identity["hidden_size"] == 32
+    assert identity["num_hidden_layers"] == 2 and identity["vocab_size"] == 96
+    assert "name_or_path" in identity
 
     fresh = tiny_model("llama")
     load_adapter(fresh, directory)
     with torch.no_grad():
         actual = fresh(input_ids=input_ids, attention_mask=mask).logits
     assert torch.equal(actual, expected)
-    assert read_adapter_config(directory)["config"] == HyCAMConfig.from_dict(meta["hycam_config"])
+    assert read_adapter_config(directory)["config"] == HyCAMConfig(**({"num_experts": 3, "rank": 4} | config))
     assert adapter_state_dict(fresh).keys() == adapter_state_dict(model).keys()
 
 
@@ -116,16 +118,15 @@ def test_wrongly_shaped_or_missing_tensor_is_rejected(tmp_path):
     meta = json.loads((directory / "adapter_config.json").read_text())
     meta.pop("weights_sha256")
     (directory / "adapter_config.json").write_text(json.dumps(meta))
-    tensors["layers.0.hycam.experts.weight_A"] = torch.zeros(3, 32, 5)
+    key = "base_model.model.model.layers.0.self_attn.hycam.experts.weight_A"
+    tensors[key] = torch.zeros(3, 32, 5)
     save_file(tensors, weights)
     model = tiny_model("llama")
-    with pytest.raises(
-        AdapterError, match=r"wrong shapes layers.0.hycam.experts.weight_A: \(3, 32, 5\) != \(3, 32, 4\)"
-    ):
+    with pytest.raises(AdapterError, match=rf"wrong shapes {key}: \(3, 32, 5\) != \(3, 32, 4\)"):
         load_adapter(model, directory)
-    del tensors["layers.0.hycam.experts.weight_A"]
+    del tensors[key]
     save_file(tensors, weights)
-    with pytest.raises(AdapterError, match=r"missing tensors \['layers.0.hycam.experts.weight_A'\]"):
+    with pytest.raises(AdapterError, match=rf"missing tensors \['{key}'\]"):
         load_adapter(model, directory)
     assert not is_attached(model)
 

@@ -219,7 +219,7 @@ def main(out: Path) -> None:
             for t in TRIALS
             if (out / "sweep" / "trials" / t / "result.json").is_file()
         }
-        report["refused_dirs_exist"] = [(out / name).exists() for name in ("gpu", "no_token")]
+        report["refused_trials_exist"] = [(out / name / "trials").exists() for name in ("gpu", "no_token")]
     except Exception as error:  # noqa: BLE001 - reported to the test, which shows it
         report["error"] = f"{type(error).__name__}: {error}"
     finally:

@@ -108,7 +108,7 @@ def test_a_gpu_sweep_on_a_cpu_cluster_stops_with_one_line(report: dict) -> None:
     assert "resources {cpu: 1, gpu: 1} per trial: no node of the Ray cluster" in errors[0]
     assert "its nodes have 2 CPUs and 0 GPUs" in errors[0]
     assert gpu["seconds"] < 150  # refused, not waiting for a GPU
-    assert report["refused_dirs_exist"] == [False, False]  # nothing written for a refused sweep
+    assert report["refused_trials_exist"] == [False, False]  # no trial prepared for a refused sweep
 
 
 def test_a_driver_without_token_mode_is_told_how_to_pass_the_token(report: dict) -> None:
