@@ -149,7 +149,8 @@ class RoutingTelemetry(L.Callback):
             prefix = "val" if stage == "validation" else "test"
             views = self.log_views(trainer, window, step, title, prefix)
             sections = getattr(trainer.lightning_module, "extra_test_results", None)
-            if stage == "test" and isinstance(sections, dict) and len(self._task_names) > 1:
+            defined = not bool(torch.isnan(views["task_nmi"]).any())  # two or more tasks evaluated
+            if stage == "test" and isinstance(sections, dict) and defined:
                 # results.json (written by the module after this hook) gets the same numbers
                 sections[ROUTING_SECTION] = specialisation_results(views["task_nmi"], self._layers)
 
