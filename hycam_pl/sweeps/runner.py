@@ -17,14 +17,22 @@ from typing import Any
 
 import yaml
 
+from hycam_pl.callbacks.record import RUN_RECORD
 from hycam_pl.io import write_json_atomically, write_text_atomically
 from hycam_pl.sweeps import trial as trial_module
 from hycam_pl.sweeps.aggregate import TrialRecord, aggregate, read_record
 from hycam_pl.sweeps.lock import sweep_lock
-from hycam_pl.sweeps.spec import LOG_NAME, LOG_VERSION, SweepError, SweepSpec, Trial, trial_config
-from hycam_pl.sweeps.trial import CONFIG, FAILED, INTERRUPTED, RESULT, read_json
+from hycam_pl.sweeps.spec import (
+    LOG_NAME,
+    LOG_VERSION,
+    TRIALS_DIR,
+    SweepError,
+    SweepSpec,
+    Trial,
+    trial_config,
+)
+from hycam_pl.sweeps.trial import CONFIG, FAILED, INTERRUPTED, RESULT, RUN_CONFIG, read_json
 
-TRIALS_DIR = "trials"
 TRIAL_JSON = "trial.json"
 TUNE_DIR = ".tune"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
@@ -34,9 +42,14 @@ AUTH_MODE_ENV = "RAY_AUTH_MODE"
 class PlannedTrial:
     trial: Trial
     directory: Path
-    config: dict[str, Any]
+    config: dict[str, Any]  # as recorded: the trial's own paths relative to the sweep directory
     status: str  # done | failed | pending
     resume: bool = False
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        """The config the CLI runs: the trial's paths resolved (the sweep directory is absolute here)."""
+        return trial_config(self.trial.config, self.directory)
 
 
 def trial_dir(sweep_dir: Path, trial: Trial) -> Path:
@@ -49,7 +62,7 @@ def plan(spec: SweepSpec, sweep_dir: Path, retry_failed: bool = False) -> list[P
     planned = []
     for trial in spec.trials():
         directory = trial_dir(sweep_dir, trial)
-        config = trial_config(trial.config, directory)
+        config = trial_config(trial.config, Path(TRIALS_DIR) / trial.id)
         recorded = read_json(directory / TRIAL_JSON)
         same = recorded is not None and _canonical(recorded.get("config")) == _canonical(config)
         status = read_record(trial, directory).status if same else "pending"
@@ -71,8 +84,9 @@ def plan(spec: SweepSpec, sweep_dir: Path, retry_failed: bool = False) -> list[P
 
 
 def _canonical(value: Any) -> str:
-    """The config as text with its own trial directory (an absolute path) written as ``<trial>``, so that
-    trials finished in another checkout or clone (committed results) count as the same trials here."""
+    """The config as text with its own trial directory written as ``<trial>``: relative to the sweep directory
+    as recorded now, or an absolute path as trials recorded before, so that trials finished in another
+    checkout or clone (committed results) count as the same trials here."""
     text = json.dumps(value, sort_keys=True, default=str)
     root = value.get("trainer", {}).get("default_root_dir") if isinstance(value, dict) else None
     if isinstance(root, str) and root:
@@ -87,10 +101,16 @@ def prepare(spec: SweepSpec, item: PlannedTrial) -> None:
     item.directory.mkdir(parents=True, exist_ok=True)
     (item.directory / FAILED).unlink(missing_ok=True)
     (item.directory / INTERRUPTED).unlink(missing_ok=True)
-    text = f"# trial {item.trial.id} of sweep {spec.name} ({spec.path})\n" + yaml.safe_dump(
-        item.config, sort_keys=False
+    header = f"# trial {item.trial.id} of sweep {spec.name} ({spec.path})\n"
+    recorded = (
+        f"{header}# the trial's own directories are relative to the sweep directory; {RUN_CONFIG} (not kept with the\n"
+        f"# results) is this config with them resolved, what `hycam fit`/`hycam test` ran\n"
     )
-    write_text_atomically(item.directory / CONFIG, text)
+    for name, text in (
+        (CONFIG, recorded + yaml.safe_dump(item.config, sort_keys=False)),
+        (RUN_CONFIG, header + yaml.safe_dump(item.run_config, sort_keys=False)),
+    ):
+        write_text_atomically(item.directory / name, text)
     write_json_atomically(
         item.directory / TRIAL_JSON,
         {
@@ -112,6 +132,7 @@ def payload(spec: SweepSpec, item: PlannedTrial, cwd: Path) -> dict[str, Any]:
         "resume": item.resume,
         "metrics": spec.metrics,
         "results": f"{LOG_NAME}/version_{LOG_VERSION}/results.json",
+        "record": f"{LOG_NAME}/version_{LOG_VERSION}/{RUN_RECORD}",
     }
 
 
