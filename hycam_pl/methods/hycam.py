@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from hycam_pl.methods.base import AdaptationMethod, _groups, refuse_method_options, register_method
-from hycam_pl.modulation import HyCAMConfig, attach, balance_loss, count_parameters, save_adapter
+from hycam_pl.modulation import (
+    HyCAMConfig,
+    attach,
+    balance_loss,
+    count_parameters,
+    load_adapter,
+    save_adapter,
+)
 from hycam_pl.modulation.config import ROUTING_DEFAULTS, warn_once
 from hycam_pl.modulation.model import component_of
 
@@ -59,7 +66,13 @@ class HyCAMMethod(AdaptationMethod):
         return _groups(specs)
 
     def save(self, model: nn.Module, directory: str) -> None:
+        """A peft folder (``peft_type: HYCAM``): ``PeftModel.from_pretrained`` loads it after ``import
+        hycam_pl.peft``, :meth:`load` / ``hycam_pl.load_adapter`` without peft."""
         save_adapter(model, directory)
+
+    def load(self, model: nn.Module, directory: str) -> nn.Module:
+        """Attach the saved adapter to a fresh base ``model`` (a folder of either format; another base is refused)."""
+        return load_adapter(model, directory)
 
     def summary(self, model: nn.Module) -> dict[str, dict[str, int]]:
         return count_parameters(model)

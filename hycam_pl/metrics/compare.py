@@ -35,10 +35,9 @@ from hycam_pl.metrics.paired import (
     paired_difference,
     paired_test,
 )
-from hycam_pl.metrics.results import RESULTS_JSON, format_value
+from hycam_pl.metrics.results import EXAMPLES_JSONL, RESULTS_JSON, format_value
 from hycam_pl.metrics.task_metrics import MACRO
 
-EXAMPLES_JSONL = "examples.jsonl"
 LOSS = "loss"
 # Fields of an examples.jsonl line that are not scores.
 RECORD_FIELDS = {"task", "id", "loss_sum", "num_tokens", "prediction", "reference", "prompt", "target"}

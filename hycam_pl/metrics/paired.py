@@ -23,7 +23,9 @@ resampled example indices, so:
   seed ``s`` of another than to any other seed), then the resampled examples are evaluated in every chosen run.
   Seeds and examples are crossed (every run answers every example), so drawing seeds and drawing examples
   independently is the two-way ("pigeonhole", Owen 2007) bootstrap: the interval covers both seed-to-seed and
-  example-to-example variation. With one run per group only examples are resampled.
+  example-to-example variation. With one run per group only examples are resampled (scipy cannot resample a
+  set of one: a single run, or a task with a single example, is held fixed; with nothing to resample there is
+  no interval).
 
 The bootstrap's standard error gives the smallest detectable difference: ``(z_0.975 + z_0.8) * SE``, the true
 difference a two-sided 5 % test would detect with 80 % power at this design's size (examples and seeds) under
@@ -128,34 +130,27 @@ def paired_difference(
         (np.nan_to_num(r.values) * r.weights, r.weights, np.nan_to_num(o.values) * o.weights, o.weights)
         for r, o in tasks
     ]
-    resample_reference, resample_other = reference_runs > 1, other_runs > 1
-    samples: list[np.ndarray] = []
-    if resample_reference:
-        samples.append(np.arange(reference_runs))
-    if resample_other:
-        samples.append(np.arange(other_runs))
-    samples += [np.arange(r.examples) for r, _ in tasks]
+    # The index sets: each group's runs, then each task's examples. One of a single element (one run, a task
+    # with one example) is fixed; scipy resamples the others.
+    slots = [np.arange(reference_runs), np.arange(other_runs), *(np.arange(r.examples) for r, _ in tasks)]
+    resampled = [len(slot) > 1 for slot in slots]
+    samples = [slot for slot, free in zip(slots, resampled, strict=True) if free]
 
     def statistic(*indices: np.ndarray, axis: int = -1) -> np.ndarray:
-        indices = [np.asarray(i).astype(np.intp) for i in indices]
-        lead = indices[0].shape[:-1]
-        flat = [i.reshape(-1, i.shape[-1]) for i in indices]
-        if len({f.shape[0] for f in flat}) > 1:  # scipy broadcasts the leading axes; be safe
-            size = max(f.shape[0] for f in flat)
-            flat = [np.broadcast_to(f, (size, f.shape[1])) for f in flat]
-        position = 0
-        runs_reference = flat[position] if resample_reference else np.zeros((flat[0].shape[0], 1), np.intp)
-        position += resample_reference
-        runs_other = flat[position] if resample_other else np.zeros((flat[0].shape[0], 1), np.intp)
-        position += resample_other
+        given = iter(np.asarray(i).astype(np.intp) for i in indices)
+        full = [next(given) if free else slot for slot, free in zip(slots, resampled, strict=True)]
+        lead = np.broadcast_shapes(*(i.shape[:-1] for i in full))
+        size = int(np.prod(lead, dtype=np.int64))
+        flat = [np.broadcast_to(i, (*lead, i.shape[-1])).reshape(size, i.shape[-1]) for i in full]
+        runs_reference, runs_other, *examples = flat
         differences = [
-            _resampled_mean(ov, ow, runs_other, examples) - _resampled_mean(rv, rw, runs_reference, examples)
-            for (rv, rw, ov, ow), examples in zip(weighted, flat[position:], strict=True)
+            _resampled_mean(ov, ow, runs_other, chosen) - _resampled_mean(rv, rw, runs_reference, chosen)
+            for (rv, rw, ov, ow), chosen in zip(weighted, examples, strict=True)
         ]
         return np.mean(differences, axis=0).reshape(lead)
 
     point = float(statistic(*samples))
-    if not np.isfinite(point):
+    if not np.isfinite(point) or not samples:
         nan = float("nan")
         return Difference(point, nan, nan, nan, nan)
     with warnings.catch_warnings():
@@ -169,7 +164,7 @@ def paired_difference(
             vectorized=True,
             paired=False,
             confidence_level=confidence,
-            method="BCa" if all(len(s) > 1 for s in samples) else "percentile",
+            method="BCa",
             rng=np.random.default_rng(seed),
         )
     distribution = result.bootstrap_distribution

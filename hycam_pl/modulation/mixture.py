@@ -18,7 +18,6 @@ acting through forward hooks, so no base parameter is renamed. Plain PyTorch + t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -47,7 +46,10 @@ from hycam_pl.modulation.persistence import (
     AdapterError,
     base_identity,
     check_base_matches,
+    check_sizes_fit_tensors,
+    check_tensor_values,
     read_adapter_weights,
+    read_json_config,
     tensor_problems,
     write_adapter_files,
 )
@@ -401,13 +403,15 @@ def load_mixture(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"adapter config not found: {path}")
+    meta = read_json_config(path)
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
         config = MixtureConfig.from_dict(dict(meta["mixture_config"]))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise AdapterError(f"{path} is not a LoRA-mixture adapter config: {error}") from None
     check_base_matches(model, meta, directory)
     tensors = read_adapter_weights(directory, meta)
+    check_tensor_values(tensors, f"adapter weights {directory / WEIGHTS_FILE}")
+    check_sizes_fit_tensors(meta["mixture_config"], tensors, f"adapter config {path}")
     attach_mixture(model, config)
     try:
         current = mixture_state_dict(model)

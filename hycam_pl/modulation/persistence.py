@@ -219,6 +219,53 @@ def read_adapter_weights(directory: str | os.PathLike, meta: dict[str, Any]) -> 
         raise AdapterError(f"adapter weights {weights} are corrupt: {error}") from None
 
 
+# Sizes an adapter or checkpoint config declares (HyCAM's experts and rank, the mixtures' and LoRA's ``r``):
+# each must be a dimension of some saved tensor before anything is built or looped over from it.
+SIZE_FIELDS = ("num_experts", "rank", "r")
+MAX_CONFIG_DEPTH = 32  # adapter configs are a few levels deep; deeper ones are refused, not recursed into
+
+
+def declared_sizes(values: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, int]]:
+    """``(dotted.key, value)`` for every integer :data:`SIZE_FIELDS` entry in a nested config."""
+    if depth > MAX_CONFIG_DEPTH:
+        raise AdapterError(f"{prefix or 'config'} is nested more than {MAX_CONFIG_DEPTH} levels deep")
+    found: list[tuple[str, int]] = []
+    if isinstance(values, dict):
+        for key, value in values.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key in SIZE_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+                found.append((name, value))
+            elif isinstance(value, (dict, list)):
+                found.extend(declared_sizes(value, name, depth + 1))
+    elif isinstance(values, list):
+        for i, value in enumerate(values):
+            found.extend(declared_sizes(value, f"{prefix}[{i}]", depth + 1))
+    return found
+
+
+def check_sizes_fit_tensors(values: Any, tensors: dict[str, Any], where: str) -> None:
+    """Refuse a config whose declared sizes (:data:`SIZE_FIELDS`) are no dimension of any saved tensor: building
+    a model from it would allocate or loop over sizes the weights do not have (``num_experts: 1000000000``)."""
+    dims = {int(d) for tensor in tensors.values() for d in getattr(tensor, "shape", ())}
+    for name, value in declared_sizes(values):
+        if value > 0 and value not in dims:
+            raise AdapterError(
+                f"{where}: {name}={value} is no dimension of any saved tensor (largest {max(dims, default=0)}); "
+                "the config does not describe these weights"
+            )
+
+
+def check_tensor_values(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Adapter weights are finite floating-point tensors: an integer tensor or a NaN/infinity is refused."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise AdapterError(
+                f"{where}: tensor {name} has dtype {tensor.dtype}; adapter weights are floating point"
+            )
+        if not bool(torch.isfinite(tensor).all()):
+            raise AdapterError(f"{where}: tensor {name} holds NaN or infinite values")
+
+
 def tensor_problems(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor]) -> list[str]:
     """Missing, unexpected and wrongly shaped tensors, as short phrases (empty when they fit)."""
     missing = sorted(set(expected) - set(tensors))
@@ -236,6 +283,16 @@ def tensor_problems(expected: dict[str, tuple[int, ...]], tensors: dict[str, tor
     return problems
 
 
+def read_json_config(path: Path) -> Any:
+    """A JSON config file; a corrupt, non-UTF-8 or pathologically nested one is one :class:`AdapterError`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterError(f"adapter config {path} is corrupt: {error}") from None
+    except RecursionError:
+        raise AdapterError(f"adapter config {path} is nested too deeply to be a config") from None
+
+
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The folder's JSON plus ``config`` (the :class:`HyCAMConfig`), ``base_model`` (the base model's identity) and
     ``format`` (``peft`` or ``hycam_pl-v1``), for either format."""
@@ -244,10 +301,7 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"adapter config not found: {path} (is {directory} a saved hycam_pl adapter?)"
         )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AdapterError(f"adapter config {path} is corrupt: {error}") from None
+    meta = read_json_config(path)
     if isinstance(meta, dict) and "peft_type" in meta:
         if meta["peft_type"] != PEFT_TYPE:
             raise AdapterError(
@@ -301,6 +355,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     config: HyCAMConfig = meta["config"]
     check_base_matches(model, meta, directory)
     tensors = read_adapter_weights(directory, meta)
+    weights = directory / WEIGHTS_FILE
+    check_tensor_values(tensors, f"adapter weights {weights}")
+    check_sizes_fit_tensors(meta["hycam_config"], tensors, f"adapter config {directory / CONFIG_FILE}")
     indices = validate_for_model(model, config)
     expected = _expected_shapes(model, config, indices)
     if meta["format"] == "peft":  # checked under the file's own keys, so errors name what is in the file

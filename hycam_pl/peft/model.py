@@ -15,6 +15,8 @@ the token-weighted mean of its micro-batches' ``L_bal``. Evaluation losses stay 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -104,8 +106,8 @@ class HyCAMModel(BaseTuner):
         self._layer_of_module.update(zip(targets, indices))
         if self._state is None:
             self._state = ModulationState(config, model_type_of(model), indices)
-            _, layers = find_decoder(model)
-            install_forward_record(model, find_decoder(model)[0], layers[indices[0]], self._state)
+            decoder, layers = find_decoder(model)
+            install_forward_record(model, decoder, layers[indices[0]], self._state)
             self._state.handles.append(model.register_forward_hook(self._add_balance_loss, with_kwargs=True))
 
     def _create_and_replace(
@@ -258,18 +260,15 @@ def _micro_batch_share(kwargs: dict[str, Any]) -> float | torch.Tensor:
     return labels.ne(-100).sum() / total
 
 
-class _peft_bias_none:
+@contextmanager
+def _peft_bias_none(configs: Iterable[Any]) -> Iterator[None]:
     """Temporarily set ``bias`` to peft's ``"none"`` on HyCAM configs (see :class:`HyCAMModel`)."""
-
-    def __init__(self, configs: Any) -> None:
-        self.configs = [c for c in configs if isinstance(c, HyCAMPeftConfig)]
-        self.saved: list[Any] = []
-
-    def __enter__(self) -> None:
-        self.saved = [c.bias for c in self.configs]
-        for c in self.configs:
-            object.__setattr__(c, "bias", "none")
-
-    def __exit__(self, *exc: Any) -> None:
-        for c, value in zip(self.configs, self.saved):
-            object.__setattr__(c, "bias", value)
+    hycam = [c for c in configs if isinstance(c, HyCAMPeftConfig)]
+    saved = [c.bias for c in hycam]
+    for config in hycam:
+        config.bias = "none"
+    try:
+        yield
+    finally:
+        for config, value in zip(hycam, saved):
+            config.bias = value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 import shutil
@@ -19,11 +20,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hycam_pl.callbacks.record import VALIDATION_LOSS
 from hycam_pl.io import write_text_atomically, write_with_handle
+from hycam_pl.metrics.compare import (
+    COMPARISON_JSON,
+    EXAMPLES_JSONL,
+    FOREST_PNG,
+    METHOD_NOTE,
+    ComparisonError,
+    Run,
+    check_same_examples,
+    compare_groups,
+    comparison_payload,
+    format_table,
+    metric_names,
+    read_run,
+    write_forest,
+)
+from hycam_pl.metrics.paired import RESAMPLES
 from hycam_pl.metrics.results import format_value
-from hycam_pl.sweeps.spec import SweepSpec, Trial
+from hycam_pl.sweeps.spec import (
+    ALL_VARIANTS,
+    LOG_NAME,
+    LOG_VERSION,
+    SELECTION_JSON,
+    TRIALS_DIR,
+    SweepSpec,
+    Trial,
+)
 from hycam_pl.sweeps.trial import FAILED, INTERRUPTED, RESULT, read_json
 
+PROVENANCE_PACKAGES = ("torch", "transformers", "peft")
+PROVENANCE_COLUMNS = (
+    VALIDATION_LOSS,
+    "trainable_params",
+    "total_params",
+    "effective_options",
+    "fit",  # scratch | resumed
+    "fit_from_step",
+    "commit",
+    "modified",
+    *PROVENANCE_PACKAGES,
+)
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 HPARAMS_DIR = "hparams"
@@ -42,6 +80,12 @@ class TrialRecord:
     error: str | None = None
     stage: str | None = None
     exit_code: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # result.json's record of how the trial ran
+
+    @property
+    def validation_loss(self) -> float | None:
+        value = (self.provenance.get("validation") or {}).get(VALIDATION_LOSS)
+        return float(value) if _is_number(value) and math.isfinite(value) else None
 
 
 @dataclass
@@ -65,6 +109,7 @@ def read_record(trial: Trial, trial_dir: Path) -> TrialRecord:
             "done",
             metrics=dict(result.get("metrics", {})),
             seconds={k: result[k] for k in TIMES if k in result},
+            provenance={k: v for k, v in result.items() if k not in ("status", "metrics", *TIMES)},
         )
     failure = read_json(trial_dir / FAILED)
     if failure is not None:
@@ -135,11 +180,35 @@ def _label(value: Any) -> str:
     return value if isinstance(value, str) else str(value).replace("None", "null")
 
 
+def provenance_cells(record: TrialRecord) -> list[Any]:
+    """The :data:`PROVENANCE_COLUMNS` of a trial (empty where its result.json predates them)."""
+    info = record.provenance
+    parameters = info.get("parameters") or {}
+    fit = info.get("fit") or {}
+    code = info.get("code") or {}
+    versions = info.get("versions") or {}
+    options = info.get("effective_options")
+    return [
+        _csv_number(record.validation_loss),
+        parameters.get("trainable", ""),
+        parameters.get("total", ""),
+        json.dumps(options, sort_keys=True, separators=(",", ":")) if options is not None else "",
+        "" if not fit else ("resumed" if fit.get("resumed") else "scratch"),
+        fit.get("from_step", ""),
+        code.get("commit") or "",
+        "" if code.get("modified") is None else str(bool(code["modified"])).lower(),
+        *(versions.get(name) or "" for name in PROVENANCE_PACKAGES),
+    ]
+
+
 def write_csv(spec: SweepSpec, records: list[TrialRecord], path: Path) -> Path:
-    """One row per trial: its grid values, seed, status, every reported metric, times, and any error."""
+    """One row per trial: its grid values, seed, status, every reported metric, times, how it ran (validation
+    loss, parameter counts, effective options, scratch or resumed, code and library versions), and any error."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["trial", *_grid_columns(spec), "seed", "status", *spec.metrics, *TIMES, "error"])
+    writer.writerow(
+        ["trial", *_grid_columns(spec), "seed", "status", *spec.metrics, *TIMES, *PROVENANCE_COLUMNS, "error"]
+    )
     for record in records:
         trial = record.trial
         writer.writerow(
@@ -150,6 +219,7 @@ def write_csv(spec: SweepSpec, records: list[TrialRecord], path: Path) -> Path:
                 record.status,
                 *(_csv_number(record.metrics.get(m)) for m in spec.metrics),
                 *(record.seconds.get(t, "") for t in TIMES),
+                *provenance_cells(record),
                 record.error or "",
             ]
         )
@@ -351,6 +421,153 @@ def write_hparams(spec: SweepSpec, records: list[TrialRecord], directory: Path) 
     return root
 
 
+# ----------------------------------------------------------------------------------------- compare_to
+def group_label(spec: SweepSpec, variant: str | None, point: Mapping[str, Any]) -> str:
+    """A group's name in comparisons: the variant and the grid values (``hycam, num_experts=4``)."""
+    parts = [variant] if variant is not None else []
+    parts += [f"{key.split('.')[-1]}={_label(point[key])}" for key in spec.grid]
+    return ", ".join(parts) or "all"
+
+
+def examples_path(directory: Path, trial: Trial) -> Path:
+    return directory / TRIALS_DIR / trial.id / LOG_NAME / f"version_{LOG_VERSION}" / EXAMPLES_JSONL
+
+
+def comparison_section(
+    spec: SweepSpec, records: list[TrialRecord], directory: Path, resamples: int = RESAMPLES
+) -> list[str]:
+    """results.md's paired comparisons with ``compare_to`` (the same statistics as ``hycam compare``), and
+    comparison.json / forest.png beside it. Groups without per-example results are named, never guessed."""
+    if spec.compare_to is None:
+        return []
+    key, value = spec.compare_to
+    what = f"variant `{value}`" if key is None else f"`{key}` = {_label(value)}"
+    lines = ["", f"## Paired comparisons with {what}", ""]
+    members: dict[tuple[Any, ...], list[TrialRecord]] = {}
+    for record in records:
+        members.setdefault(record.trial.group, []).append(record)
+    labels = {g: group_label(spec, m[0].trial.variant, m[0].trial.point) for g, m in members.items()}
+    wanted = [(g, spec.reference_of(m[0].trial.variant, m[0].trial.point)) for g, m in members.items()]
+    pairs = [(g, r) for g, r in wanted if r is not None and r in members]
+    notes: list[str] = []
+    groups: dict[str, list[Run]] = {}
+    usable: list[tuple[str, str]] = []
+    for other, reference in pairs:
+        runs: dict[str, list[Run]] = {}
+        for group in (reference, other):
+            done = [r for r in members[group] if r.status == "done"]
+            missing = [r.trial.id for r in done if not examples_path(directory, r.trial).is_file()]
+            if not done or missing:
+                notes.append(
+                    f"- {labels[other]} vs {labels[reference]}: not compared, "
+                    + (
+                        f"no per-example results (`{EXAMPLES_JSONL}`) for {', '.join(missing)}"
+                        if done
+                        else f"no finished trial of {labels[group]}"
+                    )
+                )
+                break
+            try:
+                runs[labels[group]] = groups.get(labels[group]) or [
+                    read_run(examples_path(directory, r.trial)) for r in done
+                ]
+            except ComparisonError as error:
+                notes.append(f"- {labels[other]} vs {labels[reference]}: not compared, {error}")
+                break
+        else:
+            groups.update(runs)
+            usable.append((labels[other], labels[reference]))
+    rows = []
+    if usable:
+        try:
+            check_same_examples(groups)
+            chosen = list(dict.fromkeys(m.split("/", 1)[1] for m in spec.metrics))
+            present = metric_names(groups)
+            metrics = [m for m in chosen if m in present] or present
+            rows = compare_groups(groups, metrics, resamples=resamples, pairs=usable)
+        except ComparisonError as error:
+            notes.append(f"- not compared: {error}")
+    if rows:
+        lines += [METHOD_NOTE, "", format_table(rows)]
+        payload = comparison_payload(rows, groups, resamples)
+        write_text_atomically(
+            directory / COMPARISON_JSON, json.dumps(payload, indent=2, allow_nan=False) + "\n"
+        )
+        write_forest(rows, directory / FOREST_PNG, title=f"{spec.name}: paired differences, 95 % intervals")
+        lines += ["", f"![paired differences]({FOREST_PNG})"]
+    elif not notes:
+        notes.append("- no group to compare yet")
+    return lines + ([""] if notes and rows else []) + notes
+
+
+# ------------------------------------------------------------------------------------------- selection
+def selection(spec: SweepSpec, records: list[TrialRecord]) -> dict[str, Any] | None:
+    """``select``: per variant, each value's final validation loss (mean over finished seeds, and per seed)
+    and the value with the lowest mean; never a test metric. A failed trial (e.g. a rate that diverged) counts
+    as finished without a loss, so its value cannot be chosen; ``complete`` is false while a trial has not run
+    yet or a finished one has no validation loss (a later sweep refuses such a selection)."""
+    if spec.select is None:
+        return None
+    variants: dict[str, dict[str, Any]] = {}
+    for variant in spec.variants or [None]:
+        name = variant if variant is not None else ALL_VARIANTS
+        entries = []
+        complete = True
+        for entry in spec.grid[spec.select]:
+            value = entry["value"] if isinstance(entry, Mapping) and "value" in entry else entry
+            trials = [
+                r for r in records if r.trial.variant == variant and r.trial.point[spec.select] == value
+            ]
+            losses = {str(r.trial.seed): r.validation_loss for r in trials if r.status in ("done", "failed")}
+            done = [r for r in trials if r.status == "done"]
+            complete &= bool(trials) and len(losses) == len(trials)
+            complete &= all(r.validation_loss is not None for r in done)
+            finite = [r.validation_loss for r in done if r.validation_loss is not None]
+            entries.append(
+                {
+                    "value": value,
+                    "validation_loss": statistics.fmean(finite) if finite else None,
+                    "per_seed": losses,
+                    "failed_seeds": [r.trial.seed for r in trials if r.status == "failed"],
+                }
+            )
+        scored = [e for e in entries if e["validation_loss"] is not None]
+        chosen = min(scored, key=lambda e: e["validation_loss"])["value"] if scored else None
+        variants[name] = {"values": entries, "chosen": chosen, "complete": complete and chosen is not None}
+    return {
+        "sweep": spec.name,
+        "key": spec.select,
+        "metric": VALIDATION_LOSS,
+        "rule": "lowest mean final validation loss over the finished seeds",
+        "variants": variants,
+    }
+
+
+def selection_section(spec: SweepSpec, chosen: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
+    if chosen is not None:
+        lines += [
+            "",
+            f"## Selection of `{chosen['key']}` on validation loss",
+            "",
+            f"Per variant, the value with the lowest mean final `{VALIDATION_LOSS}` over the finished seeds (test "
+            f"numbers play no part); written to `{SELECTION_JSON}` for a later sweep's `select_from`.",
+            "",
+            "| variant | "
+            + " | ".join(_label(v["value"]) for v in next(iter(chosen["variants"].values()))["values"])
+            + " | chosen |",
+            "|:---|" + "---:|" * (len(next(iter(chosen["variants"].values()))["values"]) + 1),
+        ]
+        for name, entry in chosen["variants"].items():
+            cells = [_cell(v["validation_loss"]) for v in entry["values"]]
+            mark = "" if entry["complete"] else " (incomplete)"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(entry['chosen'])}{mark} |")
+    if spec.selected_key is not None:
+        values = ", ".join(f"{name}: {_label(v)}" for name, v in spec.selected.items())
+        lines += ["", f"`{spec.selected_key}` per variant from `{spec.select_from}`: {values}."]
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------- all of it
 def aggregate(spec: SweepSpec, records: list[TrialRecord], directory: Path) -> dict[str, Any]:
     """Write every summary file into ``directory``; return their paths and the per-group statistics."""
@@ -358,6 +575,22 @@ def aggregate(spec: SweepSpec, records: list[TrialRecord], directory: Path) -> d
     stats = group_stats(records, spec.metrics)
     csv_path = write_csv(spec, records, directory / RESULTS_CSV)
     plots = write_plots(spec, stats, directory) if any(r.status == "done" for r in records) else []
-    md_path = write_text_atomically(directory / RESULTS_MD, format_markdown(spec, records, stats, plots))
+    chosen = selection(spec, records)
+    if chosen is not None:
+        write_text_atomically(
+            directory / SELECTION_JSON, json.dumps(chosen, indent=2, allow_nan=False) + "\n"
+        )
+    extra = selection_section(spec, chosen) + comparison_section(spec, records, directory)
+    markdown = format_markdown(spec, records, stats, plots)
+    if extra:
+        markdown = markdown.rstrip("\n") + "\n" + "\n".join(extra) + "\n"
+    md_path = write_text_atomically(directory / RESULTS_MD, markdown)
     hparams_dir = write_hparams(spec, records, directory)
-    return {"csv": csv_path, "md": md_path, "plots": plots, "hparams": hparams_dir, "stats": stats}
+    return {
+        "csv": csv_path,
+        "md": md_path,
+        "plots": plots,
+        "hparams": hparams_dir,
+        "stats": stats,
+        "selection": chosen,
+    }

@@ -17,25 +17,39 @@ from typing import Any
 
 import yaml
 
+from hycam_pl.callbacks.record import RUN_RECORD
 from hycam_pl.io import write_json_atomically, write_text_atomically
 from hycam_pl.sweeps import trial as trial_module
 from hycam_pl.sweeps.aggregate import TrialRecord, aggregate, read_record
 from hycam_pl.sweeps.lock import sweep_lock
-from hycam_pl.sweeps.spec import LOG_NAME, LOG_VERSION, SweepError, SweepSpec, Trial, trial_config
-from hycam_pl.sweeps.trial import CONFIG, FAILED, INTERRUPTED, RESULT, read_json
+from hycam_pl.sweeps.spec import (
+    LOG_NAME,
+    LOG_VERSION,
+    TRIALS_DIR,
+    SweepError,
+    SweepSpec,
+    Trial,
+    trial_config,
+)
+from hycam_pl.sweeps.trial import CONFIG, FAILED, INTERRUPTED, RESULT, RUN_CONFIG, read_json
 
-TRIALS_DIR = "trials"
 TRIAL_JSON = "trial.json"
 TUNE_DIR = ".tune"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 @dataclass
 class PlannedTrial:
     trial: Trial
     directory: Path
-    config: dict[str, Any]
+    config: dict[str, Any]  # as recorded: the trial's own paths relative to the sweep directory
     status: str  # done | failed | pending
     resume: bool = False
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        """The config the CLI runs: the trial's paths resolved (the sweep directory is absolute here)."""
+        return trial_config(self.trial.config, self.directory)
 
 
 def trial_dir(sweep_dir: Path, trial: Trial) -> Path:
@@ -48,7 +62,7 @@ def plan(spec: SweepSpec, sweep_dir: Path, retry_failed: bool = False) -> list[P
     planned = []
     for trial in spec.trials():
         directory = trial_dir(sweep_dir, trial)
-        config = trial_config(trial.config, directory)
+        config = trial_config(trial.config, Path(TRIALS_DIR) / trial.id)
         recorded = read_json(directory / TRIAL_JSON)
         same = recorded is not None and _canonical(recorded.get("config")) == _canonical(config)
         status = read_record(trial, directory).status if same else "pending"
@@ -70,8 +84,9 @@ def plan(spec: SweepSpec, sweep_dir: Path, retry_failed: bool = False) -> list[P
 
 
 def _canonical(value: Any) -> str:
-    """The config as text with its own trial directory (an absolute path) written as ``<trial>``, so that
-    trials finished in another checkout or clone (committed results) count as the same trials here."""
+    """The config as text with its own trial directory written as ``<trial>``: relative to the sweep directory
+    as recorded now, or an absolute path as trials recorded before, so that trials finished in another
+    checkout or clone (committed results) count as the same trials here."""
     text = json.dumps(value, sort_keys=True, default=str)
     root = value.get("trainer", {}).get("default_root_dir") if isinstance(value, dict) else None
     if isinstance(root, str) and root:
@@ -86,10 +101,16 @@ def prepare(spec: SweepSpec, item: PlannedTrial) -> None:
     item.directory.mkdir(parents=True, exist_ok=True)
     (item.directory / FAILED).unlink(missing_ok=True)
     (item.directory / INTERRUPTED).unlink(missing_ok=True)
-    text = f"# trial {item.trial.id} of sweep {spec.name} ({spec.path})\n" + yaml.safe_dump(
-        item.config, sort_keys=False
+    header = f"# trial {item.trial.id} of sweep {spec.name} ({spec.path})\n"
+    recorded = (
+        f"{header}# the trial's own directories are relative to the sweep directory; {RUN_CONFIG} (not kept with the\n"
+        f"# results) is this config with them resolved, what `hycam fit`/`hycam test` ran\n"
     )
-    write_text_atomically(item.directory / CONFIG, text)
+    for name, text in (
+        (CONFIG, recorded + yaml.safe_dump(item.config, sort_keys=False)),
+        (RUN_CONFIG, header + yaml.safe_dump(item.run_config, sort_keys=False)),
+    ):
+        write_text_atomically(item.directory / name, text)
     write_json_atomically(
         item.directory / TRIAL_JSON,
         {
@@ -111,6 +132,7 @@ def payload(spec: SweepSpec, item: PlannedTrial, cwd: Path) -> dict[str, Any]:
         "resume": item.resume,
         "metrics": spec.metrics,
         "results": f"{LOG_NAME}/version_{LOG_VERSION}/results.json",
+        "record": f"{LOG_NAME}/version_{LOG_VERSION}/{RUN_RECORD}",
     }
 
 
@@ -192,21 +214,21 @@ def run_on_ray(
             progress.errored(_trial_name(trial), f"see {error}" if error else "no error file")
 
     started = time.monotonic()
-    ray.init(
-        address=address or "local",  # "local": always a new instance, never an unrelated running one
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-    )
+    connect(ray, address)
     where = f"Ray cluster at {address}" if address else "a local Ray instance"
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
     cpus = ray.cluster_resources().get("CPU", 0)
     gpus = ray.cluster_resources().get("GPU", 0)
     print(
-        f"[sweep {spec.name}] {where} ({cpus:g} CPUs, {gpus:g} GPUs) started in {time.monotonic() - started:.1f} s; "
-        f"each trial uses {spec.resources['cpu']:g} CPU(s), {spec.resources['gpu']:g} GPU(s)",
+        f"[sweep {spec.name}] {where} ({len(nodes)} node{'s' * (len(nodes) != 1)}, {cpus:g} CPUs, {gpus:g} GPUs) "
+        f"joined in {time.monotonic() - started:.1f} s; each trial uses {spec.resources['cpu']:g} CPU(s), "
+        f"{spec.resources['gpu']:g} GPU(s)",
         flush=True,
     )
     try:
+        check_resources(spec, nodes, where)
+        for item in items:  # only once Ray has the resources: a refused sweep leaves its trials as they were
+            prepare(spec, item)
         tuner = tune.Tuner(
             tune.with_resources(trial_module.run_trial, {k: v for k, v in spec.resources.items() if v}),
             param_space={"trial": tune.grid_search([payload(spec, item, cwd) for item in items])},
@@ -227,6 +249,59 @@ def run_on_ray(
         tuner.fit()
     finally:
         ray.shutdown()
+
+
+def connect(ray: Any, address: str | None) -> None:
+    """``ray.init``: a new private instance without ``address``, else join that cluster. A cluster that cannot
+    be joined is one ``error:`` line naming the address and the usual causes (Ray's own message names neither:
+    "Failed to connect to Ray cluster at ...", after its retries)."""
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    if not address:
+        ray.init(address="local", **options)  # "local": always a new instance, never an unrelated running one
+        return
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as error:
+        auth = os.environ.get(AUTH_MODE_ENV, "")
+        hint = (
+            f"{f'{AUTH_MODE_ENV}={auth}' if auth else f'{AUTH_MODE_ENV} is not set'}; a cluster started with "
+            "'ray start' checks a token when its head found one "
+            f"(Ray 2.60): set {AUTH_MODE_ENV}=token and give this machine the cluster's token (~/.ray/auth_token, "
+            "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN; 'ray get-auth-token' on the head prints it)"
+            if auth.lower() != "token"
+            else f"{AUTH_MODE_ENV}=token: is this machine's token the cluster's ('ray get-auth-token' on the head)?"
+        )
+        raise SweepError(
+            f"--address {address}: could not join the Ray cluster ({_cause(error)}). Is a head running there "
+            f"('ray start --head') and reachable from this machine? {hint}"
+        ) from error
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost message of an exception chain, on one line."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
+def check_resources(spec: SweepSpec, nodes: list[dict[str, Any]], where: str) -> None:
+    """A trial runs on one node: refuse a sweep whose per-trial resources no node has, instead of letting Ray
+    Tune wait for them forever (it only prints a warning every few minutes)."""
+    wanted = {"CPU": spec.resources["cpu"], "GPU": spec.resources["gpu"]}
+    if any(all(node.get("Resources", {}).get(k, 0) >= v for k, v in wanted.items() if v) for node in nodes):
+        return
+    largest = ", ".join(
+        sorted(
+            {
+                f"{node.get('Resources', {}).get('CPU', 0):g} CPUs and {node.get('Resources', {}).get('GPU', 0):g} GPUs"
+                for node in nodes
+            }
+        )
+    )
+    raise SweepError(
+        f"{spec.path}: resources {{cpu: {wanted['CPU']:g}, gpu: {wanted['GPU']:g}}} per trial: no node of the "
+        f"{where} has them (its nodes have {largest or 'nothing'}); lower the resources or add a node that has them"
+    )
 
 
 def run_sweep(
@@ -261,9 +336,6 @@ def _run_locked(
         flush=True,
     )
     if to_run:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        for item in to_run:
-            prepare(spec, item)
         progress = _Progress(spec.name, len(planned), done, failed, len(to_run))
         run_on_ray(spec, to_run, progress, sweep_dir, cwd, address)
     records: list[TrialRecord] = [read_record(p.trial, p.directory) for p in planned]

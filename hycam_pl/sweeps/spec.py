@@ -16,6 +16,15 @@ A sweep file is YAML::
     resources: {cpu: 1, gpu: 0}                # per trial, as Ray Tune schedules them
     max_concurrent: 2                          # optional cap on trials running at once
     plot_x: model.hycam.num_experts            # optional: the grid key on the plots' x axis
+    compare_to: hycam                          # optional: a variant or grid value every other group is paired with
+    select: model.learning_rate                # optional: choose this grid key's value per variant on validation
+    select_from: runs/sweeps/lr/selection.json # optional: take a key's value per variant from such a selection
+
+``compare_to`` adds paired statistics (:mod:`hycam_pl.metrics.compare`) to results.md. ``select`` makes the
+aggregation write ``selection.json``: per variant, the mean final validation loss (``val/macro/loss``, never a
+test number) of each value over the finished seeds and the value with the lowest; ``select_from`` reads such a
+file and sets its key in every trial of the variant of the same name (or every trial, for a sweep without
+variants), so a tuning sweep's choice is what the comparison sweep runs.
 
 Why the configs are merged here rather than passed as several ``-c`` files: every trial needs its own log and
 checkpoint directory, and the checkpoint directory sits inside a list (``trainer.callbacks``) that a later
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +62,9 @@ SWEEP_KEYS = (
     "resources",
     "max_concurrent",
     "plot_x",
+    "compare_to",
+    "select",
+    "select_from",
 )
 # First components a dotted key may start with: the sections of a `hycam fit` config.
 CONFIG_SECTIONS = ("seed_everything", "trainer", "model", "data", "ckpt_path", "optimizer", "lr_scheduler")
@@ -63,6 +76,10 @@ LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
 DATA_SEED = "data.seed"  # follows each trial's seed unless the sweep file sets it
 LOG_NAME = "logs"  # <trial>/logs/version_0/: TensorBoard events, results.json of `hycam test`
 LOG_VERSION = 0
+TRIALS_DIR = "trials"  # <sweep>/trials/<trial id>/
+SELECTION_JSON = "selection.json"
+ALL_VARIANTS = "*"  # the selection of a sweep without variants: it applies to every variant of a later sweep
+MAX_SELECTION_BYTES = 1 << 20
 
 
 class SweepError(ValueError):
@@ -99,6 +116,25 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     max_concurrent: int | None = None
     plot_x: str | None = None
+    compare_to: tuple[str | None, Any] | None = None  # (None, variant) or (grid key, value)
+    select: str | None = None  # the grid key chosen per variant on validation loss
+    select_from: Path | None = None
+    selected: dict[str | None, Any] = field(default_factory=dict)  # variant -> value, read from select_from
+    selected_key: str | None = None
+
+    def reference_of(self, variant: str | None, point: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The group (as :attr:`Trial.group`) a group is paired with under ``compare_to``; None for the
+        reference groups themselves."""
+        if self.compare_to is None:
+            return None
+        key, value = self.compare_to
+        if key is None:
+            if variant == value:
+                return None
+            return (value, *(_hashable(v) for v in point.values()))
+        if _slug(point[key]) == _slug(value):
+            return None
+        return (variant, *(_hashable(value if k == key else v) for k, v in point.items()))
 
     def trials(self) -> list[Trial]:
         """Every trial, variants outermost, then the grid in file order, then seeds."""
@@ -123,6 +159,9 @@ class SweepSpec:
                     self.path,
                     f"variants.{variant}",
                 )
+                if self.selected_key is not None:
+                    chosen = self.selected[variant if variant in self.selected else ALL_VARIANTS]
+                    _apply(config, self.selected_key, chosen, self.path, "select_from")
                 for key, entry in zip(keys, combination, strict=True):
                     value, companions = _grid_entry(entry)
                     point[key] = value
@@ -137,6 +176,12 @@ class SweepSpec:
                         f"{labels[key]}={_slug(point[key])}" for key in keys
                     ]
                     trial_id = "-".join([*parts, f"seed={seed}"])
+                    if len(trial_id.encode()) > MAX_NAME_BYTES:
+                        raise SweepError(
+                            f"{self.path}: trial directory name {trial_id[:60]!r}... is {len(trial_id.encode())} "
+                            f"bytes, over the file-system limit of {MAX_NAME_BYTES}; shorten the grid values "
+                            "(or use variants with short names)"
+                        )
                     seeded = copy.deepcopy(config)
                     seeded["seed_everything"] = seed
                     if not pinned:
@@ -165,6 +210,27 @@ class SweepSpec:
 
 
 # ------------------------------------------------------------------------------------------------ loading
+MAX_DEPTH = (
+    64  # sweep files are a few levels deep; deeper ones would exhaust recursion when configs are merged
+)
+MAX_NAME_BYTES = 255  # NAME_MAX of common file systems: a trial directory name longer than this cannot exist
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed YAML value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        if isinstance(item, Mapping):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
 def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
     """Read and validate a sweep file; every problem is a :class:`SweepError` naming the file and the key."""
     path = Path(path)
@@ -174,6 +240,14 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise SweepError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise SweepError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except RecursionError:
+        raise SweepError(f"{path}: nested too deeply to be a sweep file") from None
+    if _depth(raw) > MAX_DEPTH:
+        raise SweepError(
+            f"{path}: nested more than {MAX_DEPTH} levels deep; a sweep file is a few levels deep"
+        )
     if not isinstance(raw, Mapping):
         raise SweepError(f"{path}: a sweep file must be a mapping of {', '.join(SWEEP_KEYS)}")
     unknown = [key for key in raw if key not in SWEEP_KEYS]
@@ -287,6 +361,37 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
     if plot_x is not None and plot_x not in grid:
         raise fail("plot_x", f"{plot_x!r} is not a grid key ({', '.join(grid) or 'no grid'})")
 
+    compare_to = _compare_to(raw, grid, variants, fail)
+    select = raw.get("select")
+    if select is not None and (select not in grid or len(grid) != 1):
+        raise fail(
+            "select",
+            f"{select!r} must be the sweep's only grid key (one selection per variant; grid: {', '.join(grid) or 'none'})",
+        )
+    select_from = raw.get("select_from")
+    selected_key, selected = None, {}
+    if select_from is not None:
+        if not isinstance(select_from, str) or not select_from:
+            raise fail("select_from", f"{select_from!r} must be the path of a selection.json")
+        selected_key, selected = read_selection(Path(select_from), fail)
+        if selected_key in grid:
+            raise fail(
+                "select_from", f"{selected_key} is also a grid key here; a value cannot come from both"
+            )
+        for variant in variants or [None]:
+            name = variant if variant in selected else ALL_VARIANTS
+            if name not in selected:
+                raise fail(
+                    "select_from",
+                    f"{select_from} has no selection for variant {variant!r} (it has {', '.join(map(str, selected))})",
+                )
+            if selected[name] is None:
+                raise fail(
+                    "select_from",
+                    f"{select_from}: the selection for variant {name!r} is incomplete (a trial has not finished, "
+                    "or has no validation loss); rerun that sweep first",
+                )
+
     out = raw.get("output", f"runs/sweeps/{name}") if output is None else output
     if not isinstance(out, (str, Path)) or not str(out):
         raise fail("output", f"{out!r} must be a directory path")
@@ -304,6 +409,11 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
         overrides=overrides,
         max_concurrent=max_concurrent,
         plot_x=plot_x,
+        compare_to=compare_to,
+        select=select,
+        select_from=Path(select_from) if select_from is not None else None,
+        selected=selected,
+        selected_key=selected_key,
     )
     for trial in spec.trials():  # every override must apply to the merged configs
         try:
@@ -311,6 +421,54 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
         except SweepError as error:
             raise SweepError(f"{path}: trial {trial.id}: {error}") from None
     return spec
+
+
+def _compare_to(
+    raw: Mapping[str, Any], grid: Mapping[str, list[Any]], variants: Mapping[str, Any] | None, fail: Any
+) -> tuple[str | None, Any] | None:
+    """``compare_to``: a variant name, or a value of exactly one grid key."""
+    if "compare_to" not in raw:
+        return None
+    value = raw["compare_to"]
+    if variants is not None and isinstance(value, str) and value in variants:
+        return None, value
+    keys = [
+        key for key, values in grid.items() if any(_slug(_grid_entry(v)[0]) == _slug(value) for v in values)
+    ]
+    if len(keys) == 1:
+        return keys[0], next(
+            _grid_entry(v)[0] for v in grid[keys[0]] if _slug(_grid_entry(v)[0]) == _slug(value)
+        )
+    if len(keys) > 1:
+        raise fail("compare_to", f"{value!r} is a value of several grid keys ({', '.join(keys)})")
+    raise fail(
+        "compare_to",
+        f"{value!r} is neither a variant ({', '.join(variants or []) or 'none'}) nor a grid value",
+    )
+
+
+def read_selection(path: Path, fail: Any) -> tuple[str, dict[str | None, Any]]:
+    """A ``selection.json`` written by a sweep with ``select``: its key and the chosen value per variant.
+    Only a complete selection (every value of every variant finished) is used."""
+    if not path.is_file():
+        raise fail("select_from", f"file not found: {path}")
+    if path.stat().st_size > MAX_SELECTION_BYTES:
+        raise fail("select_from", f"{path} is larger than {MAX_SELECTION_BYTES} bytes; not a selection")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise fail("select_from", f"{path}: not JSON: {error}") from None
+    key = data.get("key") if isinstance(data, dict) else None
+    variants = data.get("variants") if isinstance(data, dict) else None
+    if not isinstance(key, str) or not isinstance(variants, dict) or not variants:
+        raise fail("select_from", f"{path} is not a selection (needs 'key' and 'variants')")
+    selected: dict[str | None, Any] = {}
+    for name, entry in variants.items():
+        if not isinstance(entry, dict) or "chosen" not in entry:
+            raise fail("select_from", f"{path}: variant {name!r} has no 'chosen' value")
+        # an incomplete selection is kept as None: refused only if a variant of this sweep needs it
+        selected[name] = entry["chosen"] if entry.get("complete", False) else None
+    return key, selected
 
 
 def _dotted_mapping(value: Any, fail: Any, where: str) -> dict[str, Any]:

@@ -10,6 +10,9 @@ process. Its state lives in files in the trial directory, written atomically:
   the trial is unfinished, never done, and runs again (resuming from its ``last.ckpt``).
 
 A trial without any of them (its worker was killed) is unfinished and runs again too.
+
+None holds an absolute path of this machine (results are committed and resumed in other checkouts): paths
+under the working directory are written relative to it, the Python executable as ``python``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ INTERRUPTED = "interrupted.json"
 # ``hycam``'s exit codes after SIGINT and SIGTERM (hycam_pl.training.signals; not imported: this module runs on
 # workers without torch); a negative code is a process killed by a signal.
 INTERRUPTED_EXIT_CODES = (130, 143)
+# the trial's config as recorded (committed): its own paths relative to the sweep directory
 CONFIG = "config.yaml"
+RUN_CONFIG = "config.run.yaml"  # the same with those paths resolved on this machine: what the CLI runs
+RECORD_CALLBACK = (
+    "hycam_pl.callbacks.RunRecord"  # writes run_record.json (parameters, options, versions, ...)
+)
 TAIL_LINES = 20
 
 
@@ -66,6 +74,16 @@ def flatten(results: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+def _relative_to(cwd: str) -> Any:
+    """A function writing paths under ``cwd`` relative to it and the Python executable as ``python``."""
+    prefix = str(Path(cwd)).rstrip(os.sep) + os.sep
+
+    def local(text: str) -> str:
+        return text.replace(sys.executable, "python").replace(prefix, "")
+
+    return local
+
+
 def _die_with_parent() -> None:
     """Linux: the CLI gets SIGTERM when its worker dies (Ray kills workers when a sweep is interrupted)."""
     if sys.platform.startswith("linux"):
@@ -78,22 +96,30 @@ def _die_with_parent() -> None:
 def run_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable: ``config["trial"]`` says where the trial lives and what to report."""
     spec = config["trial"]
-    outcome = execute(spec)
+    import ray
     from ray import tune
 
+    context = ray.get_runtime_context()
+    # Where it ran: a cluster node (its id and address) or the sweep's private instance; kept in the markers.
+    node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    outcome = execute(spec, {**node, "cluster": context.gcs_address})
     tune.report(outcome)
 
 
-def execute(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one trial (both CLI stages) and write its marker; return what Tune reports."""
+def execute(spec: dict[str, Any], ray_node: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one trial (both CLI stages) and write its marker (with ``ray_node``, where it ran); return what
+    Tune reports."""
+    where = {"ray": ray_node} if ray_node else {}
     trial_dir = Path(spec["dir"])
-    config = str(trial_dir / CONFIG)
+    config = str(trial_dir / RUN_CONFIG)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "hycam_pl.cli"]
+    resume = ["--ckpt_path", "last"] if spec.get("resume") else []
     stages = [
-        ("fit", [*command, "fit", "-c", config, *(["--ckpt_path", "last"] if spec.get("resume") else [])]),
+        ("fit", [*command, "fit", "-c", config, f"--trainer.callbacks+={RECORD_CALLBACK}", *resume]),
         ("test", [*command, "test", "-c", config, "--ckpt_path", "last"]),
     ]
+    local = _relative_to(spec["cwd"])
     seconds: dict[str, float] = {}
     for stage, argv in stages:
         start = time.monotonic()
@@ -114,10 +140,10 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                 preexec_fn=_die_with_parent,
             ).returncode
             err.seek(0)
-            tail = stderr_tail(err.read())
+            tail = [local(line) for line in stderr_tail(err.read())]
         seconds[f"{stage}_s"] = round(time.monotonic() - start, 2)
         if code < 0 or code in INTERRUPTED_EXIT_CODES:
-            interruption = {"status": "interrupted", "stage": stage, "exit_code": code, **seconds}
+            interruption = {"status": "interrupted", "stage": stage, "exit_code": code, **seconds, **where}
             write_json_atomically(trial_dir / INTERRUPTED, interruption)
             return {"status": "interrupted", "error": f"hycam {stage} interrupted (exit {code})", **seconds}
         if code != 0:
@@ -127,8 +153,9 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                 "exit_code": code,
                 "error": error_line(tail),
                 "stderr_tail": tail,
-                "command": argv,
+                "command": [local(part) for part in argv],
                 **seconds,
+                **where,
             }
             write_json_atomically(trial_dir / FAILED, failure)
             return {"status": "failed", "error": failure["error"], **seconds}
@@ -141,12 +168,17 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             "error": f"hycam test wrote no results file at {spec['results']}",
             "stderr_tail": [],
             **seconds,
+            **where,
         }
         write_json_atomically(trial_dir / FAILED, failure)
         return {"status": "failed", "error": failure["error"], **seconds}
     metrics = flatten(results)
+    record = read_json(trial_dir / spec["record"]) or {}
+    fit = {"resumed": bool(spec.get("resume")), **record.pop("fit", {})}
     (trial_dir / FAILED).unlink(missing_ok=True)
     (trial_dir / INTERRUPTED).unlink(missing_ok=True)
-    write_json_atomically(trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds})
+    write_json_atomically(
+        trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds, "fit": fit, **record, **where}
+    )
     reported = {name: metrics.get(name) for name in spec["metrics"]}
     return {"status": "done", **{k: v for k, v in reported.items() if v is not None}, **seconds}

@@ -160,6 +160,22 @@ def test_token_weighted_loss_difference_equals_the_reports() -> None:
     assert found.difference == pytest.approx(20 / 15 - 17 / 15)
 
 
+def test_a_single_example_or_run_is_held_fixed() -> None:
+    """scipy cannot resample a set of one: a one-example task is fixed inside the macro, and with nothing left to
+    resample there is a difference but no interval."""
+    one, five = np.ones((1, 1)), np.ones((1, 5))
+    alone = paired_difference([(GroupValues(0 * one, one), GroupValues(one, one))], resamples=200)
+    assert alone.difference == 1.0 and np.isnan(alone.ci_low) and np.isnan(alone.ci_high)
+    macro = paired_difference(
+        [
+            (GroupValues(0 * one, one), GroupValues(one, one)),
+            (GroupValues(0 * five, five), GroupValues(five + np.arange(5), five)),
+        ],
+        resamples=500,
+    )
+    assert macro.difference == pytest.approx(2.0) and macro.ci_low < 2.0 < macro.ci_high
+
+
 def test_holm_adjustment() -> None:
     assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
 

@@ -106,3 +106,21 @@ def test_balance_loss_reaches_the_routers_through_the_model_loss():
     for full, task, part, task_part in zip(with_balance, task_only, half, task_half):
         torch.testing.assert_close(task_part, task / 2)
         torch.testing.assert_close(part - task_part, (full - task) / 2)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradients_match_attach_under_activation_checkpointing(reentrant):
+    """The balance loss reaches the routers through checkpointed layers in both modes, as with attach."""
+    attached, peft_model, _ = attached_and_peft(num_experts=3, rank=4)
+    input_ids, mask = batch()
+    grads = []
+    for model in (attached, peft_model):
+        model.train()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        torch.manual_seed(3)
+        out = model(input_ids=input_ids, attention_mask=mask, labels=input_ids)
+        loss = out.loss + (0.01 * balance_loss(attached) if model is attached else 0.0)
+        loss.backward()
+        grads.append({attach_name(n): p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(".router." in n for n in grads[0])
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])

@@ -69,6 +69,9 @@ def test_earlier_hycam_pl_folders_still_load(tmp_path):
     }
     write_adapter_files(tmp_path / "old", adapter_state_dict(attached), meta)
     assert torch.equal(logits(load_adapter(tiny_model(), tmp_path / "old")), logits(attached))
+    # The README's conversion to a peft folder.
+    save_adapter(load_adapter(tiny_model(), tmp_path / "old"), tmp_path / "new")
+    assert torch.equal(logits(PeftModel.from_pretrained(tiny_model(), tmp_path / "new")), logits(attached))
 
 
 def test_named_adapters_switch_with_set_adapter():
@@ -142,3 +145,32 @@ def test_saved_config_is_plain_json(tmp_path):
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "HYCAM" and saved["num_experts"] == 2 and saved["weights_sha256"] is None
     assert saved["base_model_identity"]["model_type"] == "llama"
+
+
+def test_the_hycam_method_object_saves_and_loads_peft_folders(tmp_path):
+    from hycam_pl.methods.hycam import HyCAMMethod
+
+    attached, _, _ = attached_and_peft(num_experts=2, rank=4)
+    method = HyCAMMethod(HyCAMConfig(num_experts=2, rank=4))
+    method.save(attached, str(tmp_path / "adapter"))
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == "HYCAM"
+    assert torch.equal(logits(method.load(tiny_model(), str(tmp_path / "adapter"))), logits(attached))
+
+
+def test_generation_matches_attach():
+    """Decoding through the peft wrapper (KV cache, growing attention mask) gives attach's tokens."""
+    import hycam_pl
+
+    attached, peft_model, _ = attached_and_peft(num_experts=3, rank=4)
+    input_ids, mask = batch(pad_first=0)
+    for model in (attached, peft_model):
+        model.eval()
+    with torch.no_grad():
+        expected = attached.generate(
+            input_ids=input_ids, attention_mask=mask, max_new_tokens=4, do_sample=False
+        )
+        with hycam_pl.without_routing_records(peft_model):
+            actual = peft_model.generate(
+                input_ids=input_ids, attention_mask=mask, max_new_tokens=4, do_sample=False
+            )
+    assert torch.equal(actual, expected)

@@ -166,3 +166,15 @@ def test_lightnings_own_load_goes_through_the_safe_loader(tmp_path):
     good = tmp_path / "good.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"hycam": HyCAMConfig()}}, good)
     assert trainer.strategy.load_checkpoint(good)["hyper_parameters"]["hycam"] == HyCAMConfig()
+
+
+def test_export_refuses_absurd_sizes_in_checkpoint_hyper_parameters_before_building(tmp_path):
+    """A checkpoint whose hyper-parameters declare 10**9 experts used to build (and loop over) them on export."""
+    from tests.tiny import tiny_byte_llama
+
+    path = tmp_path / "huge.ckpt"
+    hparams = {"backbone": tiny_byte_llama(), "method": "hycam", "hycam": {"num_experts": 10**9, "rank": 4}}
+    torch.save({"state_dict": {"model.w": torch.zeros(2, 4)}, "hyper_parameters": hparams}, path)
+    result = run_hycam_in_process(["export", str(path), str(tmp_path / "adapter")], tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "hycam.num_experts=1000000000 is no dimension" in _one_error_line(result.stderr)
