@@ -166,6 +166,8 @@ def _read_json(path: Path, context: str, skip: bool) -> tuple[list[str], list[Lo
             f"{context}: {origin}: invalid JSON at line {error.lineno} column {error.colno} "
             f"(char {error.pos}): {error.msg}"
         ) from None
+    except RecursionError:
+        raise DataError(f"{context}: {origin}: JSON nested too deeply to hold records") from None
     if not isinstance(data, list):
         raise DataError(f"{context}: {origin}: expected a JSON list of records, got {type(data).__name__}")
     rows = [(f"record {i}", raw) for i, raw in enumerate(data)]
@@ -187,6 +189,8 @@ def _read_jsonl(path: Path, context: str, skip: bool) -> tuple[list[str], list[L
                 rows.append((location, json.loads(_utf8(line, base_offset=line_offset))))
             except json.JSONDecodeError as error:
                 raise BadRecord(f"invalid JSON at column {error.colno}: {error.msg}") from None
+            except RecursionError:
+                raise BadRecord("JSON nested too deeply to be a record") from None
         except BadRecord as bad:
             if not skip:
                 raise DataError(f"{context}: {origin}: line {line_number}: {bad.reason}") from None

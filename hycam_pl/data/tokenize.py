@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
 from hycam_pl.data.errors import DataError
@@ -267,7 +268,23 @@ def tokenize_split(
         map_kwargs.update(cache_file_name=cache_file, load_from_cache_file=True)
     else:
         map_kwargs.update(keep_in_memory=True, load_from_cache_file=False)
-    tokenized = _with_ids(table.map(**map_kwargs), ids)
+    try:
+        mapped = table.map(**map_kwargs)
+        if from_cache and (len(mapped) != len(table) or set(mapped.column_names) != set(_FEATURES)):
+            raise ValueError(
+                f"{len(mapped)} rows and columns {mapped.column_names} for {len(table)} examples"
+            )
+    except (pa.ArrowException, OSError, ValueError) as error:
+        if not from_cache:
+            raise
+        # Our own cache file, cut short or overwritten (a killed run, a full disk): rebuilt, as the model cache is.
+        log.warning(
+            "tokenisation cache %s is unreadable (%s); tokenizing %s again", cache_file, error, cache_name
+        )
+        Path(cache_file).unlink(missing_ok=True)
+        from_cache = False
+        mapped = table.map(**{**map_kwargs, "load_from_cache_file": False})
+    tokenized = _with_ids(mapped, ids)
     if from_cache:
         log.debug("loaded tokenized %s from %s", cache_name, cache_file)
     flags = tokenized.with_format("numpy", columns=["truncated", "dropped"])

@@ -176,6 +176,12 @@ class SweepSpec:
                         f"{labels[key]}={_slug(point[key])}" for key in keys
                     ]
                     trial_id = "-".join([*parts, f"seed={seed}"])
+                    if len(trial_id.encode()) > MAX_NAME_BYTES:
+                        raise SweepError(
+                            f"{self.path}: trial directory name {trial_id[:60]!r}... is {len(trial_id.encode())} "
+                            f"bytes, over the file-system limit of {MAX_NAME_BYTES}; shorten the grid values "
+                            "(or use variants with short names)"
+                        )
                     seeded = copy.deepcopy(config)
                     seeded["seed_everything"] = seed
                     if not pinned:
@@ -204,6 +210,27 @@ class SweepSpec:
 
 
 # ------------------------------------------------------------------------------------------------ loading
+MAX_DEPTH = (
+    64  # sweep files are a few levels deep; deeper ones would exhaust recursion when configs are merged
+)
+MAX_NAME_BYTES = 255  # NAME_MAX of common file systems: a trial directory name longer than this cannot exist
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed YAML value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        if isinstance(item, Mapping):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
 def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
     """Read and validate a sweep file; every problem is a :class:`SweepError` naming the file and the key."""
     path = Path(path)
@@ -213,6 +240,14 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise SweepError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise SweepError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except RecursionError:
+        raise SweepError(f"{path}: nested too deeply to be a sweep file") from None
+    if _depth(raw) > MAX_DEPTH:
+        raise SweepError(
+            f"{path}: nested more than {MAX_DEPTH} levels deep; a sweep file is a few levels deep"
+        )
     if not isinstance(raw, Mapping):
         raise SweepError(f"{path}: a sweep file must be a mapping of {', '.join(SWEEP_KEYS)}")
     unknown = [key for key in raw if key not in SWEEP_KEYS]

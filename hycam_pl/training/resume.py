@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import fields
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from hycam_pl.backbone import config_from_dict
 from hycam_pl.methods import build_method
@@ -420,8 +422,47 @@ def prepare_checkpoint(section: Any, subcommand: str) -> Path | None:
     if subcommand == "fit" and LAST_PATTERN.match(path.stem):
         version = run_version_of(path, trainer)
         if version is not None:
+            lock_run_directory(path.parent.parent)  # one resumer per run directory
             _continue_run(trainer, version, checkpoint)
     return path
+
+
+RUN_LOCK = ".hycam-fit.lock"
+_HELD_RUN_LOCKS: dict[str, Any] = {}  # open lock files, held until the process ends (released by the OS then)
+
+
+def lock_run_directory(directory: Path) -> None:
+    """Refuse a second ``fit --ckpt_path last`` continuing the same run directory while one runs.
+
+    Why: both would write one ``version_<n>/`` (events, ``config.yaml``, checkpoints), each overwriting the other's
+    ``last.ckpt``: whichever saved last would silently "win" with a mixture of both runs' curves. The first
+    resumer holds an advisory ``flock`` on ``<run>/.hycam-fit.lock`` for its whole life (released by the OS
+    however it ends, so a crash leaves no stale lock); a second one stops with one ``error:`` line naming the
+    holder. Only the launching process (global rank 0) takes it: the other ranks of that same run do not.
+    """
+    if getattr(rank_zero_only, "rank", 0) != 0 or str(directory) in _HELD_RUN_LOCKS:
+        return
+    path = directory / RUN_LOCK
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks; concurrent resumes are not detected there
+        return
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held open for the process lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(
+            f"--ckpt_path last: run directory {directory} is being resumed by another hycam fit ({holder}); wait "
+            "for it to end, or pass a checkpoint file (--ckpt_path <file>) to start a new run from it"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on host {socket.gethostname()}")
+    handle.flush()
+    _HELD_RUN_LOCKS[str(directory)] = handle
 
 
 def _continue_run(trainer: Any, version: int | str, checkpoint: Mapping[str, Any]) -> None:

@@ -268,3 +268,20 @@ def test_csv_short_row_is_a_missing_field(tmp_path):
     with pytest.raises(DataError) as error:
         load_task_records(task(path, "csv"))
     assert str(error.value) == f"task 't': {path}: record 1 (line 3): field 'output' is missing"
+
+
+@pytest.mark.parametrize("source", ["json", "jsonl"])
+def test_pathologically_nested_json_is_one_data_error(tmp_path, source):
+    """Issue 21: a record nested 100k levels deep used to end in a RecursionError traceback."""
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / f"deep.{source}"
+    good = json.dumps({"instruction": "Add 1 and 1.", "input": "", "output": "2"})
+    path.write_text(f"[{deep}]" if source == "json" else f"{good}\n{deep}\n")
+    expected = (
+        "JSON nested too deeply to hold records" if source == "json" else "line 2: JSON nested too deeply"
+    )
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_task_records(task(path, source=source))
+    if source == "jsonl":  # with on_bad_record: skip it is one skipped record
+        loaded = load_task_records(task(path, source=source, on_bad_record="skip"))
+        assert len(loaded.records) == 1 and loaded.skipped == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import hycam_pl.data.tokenize as tokenize_module
@@ -129,3 +131,27 @@ def test_prompts_for_generation_are_left_truncated(data_byte_tokenizer):
 def test_settings_are_validated(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         TokenizeSettings(**kwargs)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_corrupt_tokenisation_cache_is_rebuilt(data_byte_tokenizer, tmp_path, caplog, damage):
+    """Issue 21: a cut-short or overwritten cache file used to end the run with a pyarrow traceback."""
+    records = [record(f"Add {i} and 1.", str(i + 1)) for i in range(6)]
+    settings = TokenizeSettings(max_length=256)
+    first = tokenize_split(records, data_byte_tokenizer, settings, cache_dir=tmp_path, cache_name="t-train")
+    path = Path(first.cache_file)
+    expected_ids, expected_labels = list(first.dataset["input_ids"]), list(first.dataset["labels"])
+    del first  # its dataset memory-maps the file damaged below
+    content = path.read_bytes()
+    path.unlink()
+    path.write_bytes(
+        {"garbage": b"not arrow" * 50, "truncated": content[: len(content) // 2], "empty": b""}[damage]
+    )
+    with caplog.at_level("WARNING", logger="hycam_pl.data.tokenize"):
+        again = tokenize_split(
+            records, data_byte_tokenizer, settings, cache_dir=tmp_path, cache_name="t-train"
+        )
+    assert not again.from_cache and "is unreadable" in caplog.text
+    assert list(again.dataset["input_ids"]) == expected_ids
+    third = tokenize_split(records, data_byte_tokenizer, settings, cache_dir=tmp_path, cache_name="t-train")
+    assert third.from_cache and list(third.dataset["labels"]) == expected_labels
