@@ -163,6 +163,9 @@ class MultiTaskLM(L.LightningModule):
         self.test_metrics: TaskMetrics | None = None
         self.val_overall = TeacherForcedLoss()
         self.test_overall = TeacherForcedLoss()
+        # Sections beside the tasks that callbacks add to this test's results files (written after their
+        # ``on_test_epoch_end``), e.g. RoutingTelemetry's ``routing``; emptied once written.
+        self.extra_test_results: dict[str, dict[str, float]] = {}
         self.nonfinite_steps = 0
         self.nonfinite_in_a_row = 0
         self._validations_done = 0
@@ -416,6 +419,7 @@ class MultiTaskLM(L.LightningModule):
         self._score_generations("test", self.test_metrics)
         examples = self.test_metrics.examples.gathered()  # every rank takes part
         results = self._log_results("test", self.test_metrics, self.test_overall)
+        results, self.extra_test_results = {**results, **self.extra_test_results}, {}
         run_dir = self.run_dir()
         if self.trainer.is_global_zero and run_dir is not None:
             json_path, md_path = write_results(results, run_dir)
