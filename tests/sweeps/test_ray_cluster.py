@@ -22,7 +22,7 @@ import pytest
 from tests.training.conftest import REPO
 
 pytestmark = pytest.mark.slow
-TRIALS = ("rank=4-seed=0", "rank=8-seed=0")
+TRIALS = ("learning_rate=0.003-seed=0", "learning_rate=0.001-seed=0")
 
 
 def _namespaces_available() -> str | None:
