@@ -22,7 +22,7 @@ import torch
 
 from hycam_pl.io import fsync_directory
 from hycam_pl.methods.peft_methods import METHOD_FILE
-from hycam_pl.modulation.persistence import CONFIG_FILE, check_sizes_fit_tensors
+from hycam_pl.modulation.persistence import CONFIG_FILE, check_size_limits
 from hycam_pl.modulation.persistence import PEFT_TYPE as HYCAM_PEFT_TYPE
 from hycam_pl.training.checkpoints import TRUST_ENV, read_checkpoint
 from hycam_pl.training.resume import check_writable
@@ -50,9 +50,9 @@ def write_adapter(module: Any, trainable: dict[str, torch.Tensor], directory: st
             f"model.method={module.hparams.method!r} trains the whole model and has no adapter to export; "
             "use the checkpoint itself"
         )
-    # Sizes in the checkpoint's hyper-parameters are checked against its tensors before anything is built.
-    method_options = {k: v for k, v in dict(module.hparams).items() if k != "backbone"}
-    check_sizes_fit_tensors(method_options, trainable, "the checkpoint's hyper_parameters")
+    # Sizes in the checkpoint's hyper-parameters are bounded before anything is built from them (they also
+    # hold options the method ignores, e.g. model.hycam beside a LoRA, so they are not matched to the tensors).
+    check_size_limits(dict(module.hparams), "the checkpoint's hyper_parameters")
     model = module.build_model(structure_only=True)  # meta device: no backbone weights read or allocated
     wanted = {n for n, p in model.named_parameters() if p.requires_grad}
     state = {k.removeprefix("model."): v for k, v in trainable.items()}
