@@ -8,13 +8,13 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
 from hycam_pl.backbone import load_backbone
+from hycam_pl.io import write_text_atomically
 from hycam_pl.methods import build_method
 from hycam_pl.metrics import (
     TaskMetrics,
@@ -539,7 +539,7 @@ class MultiTaskLM(L.LightningModule):
             # Lightning's predict sampler gives rank r the items r, r + W, ...: interleave back to file order.
             records = [part[i] for i in range(max(map(len, parts))) for part in parts if i < len(part)]
         if self.trainer.is_global_zero:
-            _write_jsonl_atomic(Path(path), records)
+            write_text_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             print(f"Wrote {len(records)} predictions to {path}")
         self._predictions = []
 
@@ -659,12 +659,3 @@ def _last_checkpoint(trainer: L.Trainer) -> str | None:
     if callback is None:
         return None
     return getattr(callback, "last_model_path", None) or getattr(callback, "best_model_path", None) or None
-
-
-def _write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
