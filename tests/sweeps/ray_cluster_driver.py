@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -231,6 +232,8 @@ def main(out: Path) -> None:
                 break
             time.sleep(0.5)
         report["left_after_stop"] = left
+        if not left:
+            shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's session logs (the test's tmp_path keeps ours)
         (out / "report.json").write_text(json.dumps(report, indent=2))
 
 
