@@ -11,6 +11,8 @@ import lightning as L
 import torch
 
 from hycam_pl.callbacks.views import custom_scalar_layout, heatmap_images, routing_markdown
+from hycam_pl.metrics.results import ROUTING_SECTION
+from hycam_pl.metrics.routing import task_expert_nmi
 from hycam_pl.modulation import LayerRouting, find_state, routing_statistics
 from hycam_pl.modulation.balance import DEFAULT_BALANCE_SCOPE, balance_from_statistics
 
@@ -36,7 +38,11 @@ class RoutingTelemetry(L.Callback):
     - images ``router/layer_expert_load`` (decoder layer x expert) and ``router/task_expert_usage`` (task x
       expert, all layers): labelled heatmaps with the value in every cell and a fixed 0-1 colour scale;
     - text ``router/table``: each layer's most-used expert overall and per task, and the task x expert shares
-      per layer group, as Markdown.
+      per layer group, as Markdown;
+    - routing specialisation, the task-expert normalised mutual information of each layer's tokens
+      (:func:`~hycam_pl.metrics.routing.task_expert_nmi`): a column of that table, scalars
+      ``val/router/layer_<i>/task_nmi`` and ``val/router/task_nmi`` (mean over layers; ``test/...`` at test),
+      and at test the ``routing`` section of ``results.json``.
 
     Why a window and not the last batch: one batch is a noisy sample, and ``collapse`` (one expert taking more
     than ``collapse_share`` of a layer's tokens for ``collapse_patience`` consecutive logs, then a warning)
@@ -140,7 +146,13 @@ class RoutingTelemetry(L.Callback):
             step = _logging_step(trainer)
             # A test run restores no loop state (its step is 0): its title names no step.
             title = f"{stage} examples, step {step}" if stage == "validation" else f"{stage} examples"
-            self.log_views(trainer, window, step, title)
+            prefix = "val" if stage == "validation" else "test"
+            views = self.log_views(trainer, window, step, title, prefix)
+            sections = getattr(trainer.lightning_module, "extra_test_results", None)
+            defined = not bool(torch.isnan(views["task_nmi"]).any())  # two or more tasks evaluated
+            if stage == "test" and isinstance(sections, dict) and defined:
+                # results.json (written by the module after this hook) gets the same numbers
+                sections[ROUTING_SECTION] = specialisation_results(views["task_nmi"], self._layers)
 
     # ----------------------------------------------------------------------------------- accumulation
     def accumulate(
@@ -243,14 +255,29 @@ class RoutingTelemetry(L.Callback):
         return scalars
 
     def log_views(
-        self, trainer: L.Trainer, window: Mapping[str, torch.Tensor], step: int, title: str
+        self,
+        trainer: L.Trainer,
+        window: Mapping[str, torch.Tensor],
+        step: int,
+        title: str,
+        prefix: str = "val",
     ) -> dict[str, Any]:
-        """Write the evaluation window's heatmaps and Markdown table to every logger that takes them; return
-        ``{"load": (L, K), "usage": (L, T, K), "task_usage": (T, K)}`` shares (NaN rows: task absent)."""
+        """Write the evaluation window's heatmaps and Markdown table to every logger that takes them, and the
+        routing specialisation as scalars ``<prefix>/router/layer_<i>/task_nmi`` and ``<prefix>/router/task_nmi``
+        (mean over layers); return ``{"load": (L, K), "usage": (L, T, K), "task_usage": (T, K)}`` shares (NaN
+        rows: task absent) and ``"task_nmi": (L,)`` (NaN with fewer than two tasks evaluated)."""
         host = _to_host(window)
         load = host["gate"] / host["tokens"].clamp_min(1).unsqueeze(-1)
         usage, _ = _task_shares(host["usage"], host["usage_tokens"])
         task_usage, _ = _task_shares(host["usage"].sum(0), host["usage_tokens"].sum(0))
+        task_nmi = task_expert_nmi(host["usage"])  # (L,): the tokens' (task, expert) counts per layer
+        if self._task_names and not bool(torch.isnan(task_nmi).any()):
+            scalars = {
+                f"{prefix}/router/layer_{i}/task_nmi": float(v) for i, v in zip(self._layers, task_nmi)
+            }
+            scalars[f"{prefix}/router/task_nmi"] = float(task_nmi.mean())
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=step)
         writers = [getattr(logger, "experiment", None) for logger in trainer.loggers]
         if self.images and any(hasattr(w, "add_image") for w in writers):
             images = heatmap_images(title, load, task_usage, self._layers, self._task_names)
@@ -259,11 +286,13 @@ class RoutingTelemetry(L.Callback):
                     for tag, pixels in images.items():
                         writer.add_image(tag, pixels, step, dataformats="HWC")
         if self.tables:
-            table = routing_markdown(f"Routing on the {title}", load, usage, self._layers, self._task_names)
+            table = routing_markdown(
+                f"Routing on the {title}", load, usage, self._layers, self._task_names, task_nmi=task_nmi
+            )
             for writer in writers:
                 if hasattr(writer, "add_text"):
                     writer.add_text("router/table", table, step)
-        return {"load": load, "usage": usage, "task_usage": task_usage}
+        return {"load": load, "usage": usage, "task_usage": task_usage, "task_nmi": task_nmi}
 
     @staticmethod
     def _histograms(stats: Mapping[int, LayerRouting]) -> torch.Tensor:
@@ -315,6 +344,13 @@ class RoutingTelemetry(L.Callback):
                 )
         else:
             self._collapsed_for[layer] = 0
+
+
+def specialisation_results(task_nmi: torch.Tensor, layers: Sequence[int]) -> dict[str, float]:
+    """The ``routing`` section of ``results.json``: ``task_nmi`` (mean over layers) and ``task_nmi/layer_<i>``."""
+    values = {"task_nmi": float(task_nmi.mean())}
+    values.update({f"task_nmi/layer_{i}": float(v) for i, v in zip(layers, task_nmi)})
+    return values
 
 
 def _task_shares(usage: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

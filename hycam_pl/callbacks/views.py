@@ -83,6 +83,7 @@ def routing_markdown(
     layers: Sequence[int],
     task_names: Sequence[str],
     max_groups: int = 4,
+    task_nmi: torch.Tensor | None = None,
 ) -> str:
     """A Markdown report of where tokens went.
 
@@ -91,23 +92,36 @@ def routing_markdown(
         load: ``(L, K)`` share of each layer's tokens per expert.
         usage: ``(L, T, K)`` share of each task's tokens per expert in each layer (NaN rows: task absent).
         layers: the L decoder layer indices; task_names: the T task names in task-id order.
+        task_nmi: ``(L,)`` routing specialisation per layer (:func:`~hycam_pl.metrics.routing.task_expert_nmi`),
+            shown as a last column and as its mean over layers when given and defined (two or more tasks).
     """
     num_experts = load.shape[-1]
     tasks = list(task_names)
+    nmi = None if task_nmi is None or not tasks or bool(torch.isnan(task_nmi).any()) else task_nmi
     lines = [
         f"**{heading}**",
         "",
         "Most-used expert (share of tokens) of each decoder layer, over all tasks and per task:",
         "",
     ]
-    lines.append("| layer | all tasks | " + " | ".join(tasks) + " |" if tasks else "| layer | all tasks |")
-    lines.append("|---:|---|" + "---|" * len(tasks))
+    header = "| layer | all tasks | " + " | ".join(tasks) + " |" if tasks else "| layer | all tasks |"
+    lines.append(header + (" task NMI |" if nmi is not None else ""))
+    lines.append("|---:|---|" + "---|" * len(tasks) + ("---:|" if nmi is not None else ""))
     for row, layer in enumerate(layers):
         cells = [_top(load[row])] + [_top(usage[row, t]) for t in range(len(tasks))]
+        cells += [f"{float(nmi[row]):.2f}"] if nmi is not None else []
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     if tasks:
         differ = sum(len(_task_tops(usage[row])) > 1 for row in range(len(layers)))
         lines += ["", f"The tasks' most-used experts differ in {differ} of {len(layers)} layers."]
+    if nmi is not None:
+        lines += [
+            "",
+            f"Routing specialisation (task NMI): {float(nmi.mean()):.2f}, mean over layers: the mutual information "
+            "between a token's task and its expert, divided by min(H(task), H(expert)); 0 = the expert says "
+            "nothing about the task, 1 = each task has an expert of its own.",
+        ]
+    if tasks:
         lines += ["", "Task × expert shares per layer group (most-used expert in bold):", ""]
         lines.append("| layers | task | " + " | ".join(f"expert {k}" for k in range(num_experts)) + " |")
         lines.append("|---|---|" + "---:|" * num_experts)

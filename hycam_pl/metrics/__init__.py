@@ -6,7 +6,7 @@
 * Teacher-forced loss and token-weighted perplexity.
 * :class:`TaskMetrics`: one independent set of the above per task, as an ``nn.Module``.
 * Per-example results (``examples.jsonl``: every test example's loss, answer and scores, by stable id).
-* Results files (JSON + Markdown) and routing diagnostics (entropies, task × expert usage).
+* Results files (JSON + Markdown) and routing diagnostics (entropies, task × expert usage, task-expert NMI).
 """
 
 from hycam_pl.metrics.bleu import BLEU_ORDER, SacreBLEU
@@ -23,7 +23,13 @@ from hycam_pl.metrics.results import (
     write_results,
 )
 from hycam_pl.metrics.rouge import ROUGE_KEYS, ROUGE_MIN_TOKENS, RougeF1
-from hycam_pl.metrics.routing import expert_load, load_entropy, router_entropy, usage_matrix
+from hycam_pl.metrics.routing import (
+    expert_load,
+    load_entropy,
+    router_entropy,
+    task_expert_nmi,
+    usage_matrix,
+)
 from hycam_pl.metrics.task_metrics import MACRO, TaskMetrics, macro_average
 from hycam_pl.metrics.task_score import Scorer, TaskScore
 from hycam_pl.metrics.teacher_forced import TeacherForcedLoss
@@ -53,6 +59,7 @@ __all__ = [
     "normalize_for_exact_match",
     "read_examples",
     "router_entropy",
+    "task_expert_nmi",
     "usage_matrix",
     "write_examples",
     "write_results",

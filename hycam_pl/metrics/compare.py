@@ -7,8 +7,9 @@ comparison detects much smaller differences than two separate means with their s
 Each ``NAME=PATH`` is a group: ``PATH`` is a ``hycam test`` run directory, its ``results.json`` or its
 ``examples.jsonl`` (the per-example file ``hycam test`` writes next to ``results.json``); a group of runs over
 seeds is several ``NAME=PATH`` with the same name, or a glob (``hycam=runs/hycam/seed*``). The first name is the
-reference; every other group is compared with it, per task and macro (the mean over tasks), for the loss and
-every score the examples carry, as ``other - reference``. The statistics are in :mod:`hycam_pl.metrics.paired`.
+reference; every other group is compared with it, per task and macro (the mean over tasks), for the loss,
+``task_score`` and ``rougeL`` (``--metrics`` picks others the examples carry: ``exact_match``, ``rouge1``, ...;
+fewer metrics, fewer comparisons for Holm to pay for), as ``other - reference``. The statistics are in :mod:`hycam_pl.metrics.paired`.
 Runs whose examples differ are refused: a paired comparison needs the same examples in every run.
 """
 
@@ -39,6 +40,7 @@ from hycam_pl.metrics.results import EXAMPLES_JSONL, RESULTS_JSON, format_value
 from hycam_pl.metrics.task_metrics import MACRO
 
 LOSS = "loss"
+DEFAULT_METRICS = (LOSS, "task_score", "rougeL")
 # Fields of an examples.jsonl line that are not scores.
 RECORD_FIELDS = {"task", "id", "loss_sum", "num_tokens", "prediction", "reference", "prompt", "target"}
 COMPARISON_MD, COMPARISON_JSON, FOREST_PNG = "comparison.md", "comparison.json", "forest.png"
@@ -245,7 +247,10 @@ def compare_groups(
     if len(names) < 2 and pairs is None:
         raise ComparisonError("give at least two groups to compare (NAME=PATH NAME=PATH ...)")
     pairs = list(pairs) if pairs is not None else [(other, names[0]) for other in names[1:]]
-    metrics = list(metrics) if metrics else metric_names(groups)
+    if not metrics:
+        present = metric_names(groups)
+        metrics = [m for m in DEFAULT_METRICS if m in present] or present
+    metrics = list(metrics)
     tasks = tasks_in_order(groups)
     rows: list[Row] = []
     for other, reference in pairs:
@@ -438,7 +443,8 @@ def parser() -> argparse.ArgumentParser:
         "the first NAME is the reference",
     )
     p.add_argument(
-        "--metrics", help="comma-separated metrics (default: loss and every score the examples carry)"
+        "--metrics",
+        help=f"comma-separated metrics, any the examples carry (default: {','.join(DEFAULT_METRICS)})",
     )
     p.add_argument("--output", help="write comparison.md, comparison.json and forest.png into this directory")
     p.add_argument(

@@ -4,7 +4,8 @@
 
 * ``task``, ``id`` (the stable example id, see :mod:`hycam_pl.data.example_ids`), ``loss_sum`` (summed token
   NLL in nats) and ``num_tokens`` (its scored tokens), so ``sum(loss_sum) / sum(num_tokens)`` over a task's
-  lines is that task's ``loss`` in ``results.json``;
+  lines is that task's ``loss`` in ``results.json`` (every test example has them, unless
+  ``trainer.limit_test_batches`` keeps the test loop from some that are still in the generation sample);
 * for the examples of the generation sample also ``prediction``, ``reference`` and every per-example score
   under its metric name: ``exact_match``, ``rouge1``, ``rouge2``, ``rougeL`` (rouge_score's F-measure, the
   same scorer as :class:`~hycam_pl.metrics.rouge.RougeF1`) and ``task_score`` for tasks with a scorer. The mean

@@ -24,6 +24,9 @@ from hycam_pl.metrics.task_metrics import MACRO
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 EXAMPLES_JSONL = "examples.jsonl"
+# A section beside the tasks: the routing specialisation (``task_nmi``, mean over layers, and
+# ``task_nmi/layer_<i>``; see ``hycam_pl.metrics.routing.task_expert_nmi``), shown below the task table.
+ROUTING_SECTION = "routing"
 PREFERRED_COLUMNS: tuple[str, ...] = (
     "loss",
     "ppl",
@@ -78,7 +81,10 @@ def _finite_values(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def format_results_table(results: Mapping[str, Mapping[str, float | None]]) -> str:
-    """A Markdown table: one row per task then ``macro``, one column per metric."""
+    """A Markdown table: one row per task then ``macro``, one column per metric; then the routing section, if
+    any, as one line."""
+    routing = results.get(ROUTING_SECTION)
+    results = {task: values for task, values in results.items() if task != ROUTING_SECTION}
     rows = [task for task in results if task != MACRO] + ([MACRO] if MACRO in results else [])
     columns = results_columns(results)
     lines = [
@@ -88,6 +94,17 @@ def format_results_table(results: Mapping[str, Mapping[str, float | None]]) -> s
     for task in rows:
         cells = [format_value(results[task][c]) if c in results[task] else MISSING for c in columns]
         lines.append("| " + " | ".join([f"**{task}**" if task == MACRO else task, *cells]) + " |")
+    if routing:
+        layers = ", ".join(
+            f"{name.rsplit('_', 1)[-1]}: {format_value(value)}"
+            for name, value in routing.items()
+            if name.startswith("task_nmi/layer_")
+        )
+        lines += [
+            "",
+            f"Routing specialisation (task NMI, 0 = routing ignores the task, 1 = each task has an expert of its "
+            f"own): {format_value(routing.get('task_nmi'))}, mean over layers; per layer {layers}",
+        ]
     return "\n".join(lines)
 
 

@@ -103,3 +103,36 @@ def layer_groups(layers: list[int], max_groups: int = 4) -> list[list[int]]:
         groups.append(list(layers[start:end]))
         start = end
     return groups
+
+
+def task_expert_nmi(joint: Tensor) -> Tensor:
+    """Routing specialisation: the mutual information between task and chosen expert, normalised to [0, 1].
+
+    Args:
+        joint: ``(..., T, K)`` how often each task's tokens went to each expert (token counts, or routing
+            weights summed over tokens for soft routing); any scale, rescaled to a joint distribution.
+
+    Returns ``(...)``: ``I(task; expert) / min(H(task), H(expert))``. 0 when the expert a token goes to says
+    nothing about its task (e.g. every task routes alike); 1 when one determines the other: each task sends all
+    its tokens to an expert of its own (with more tasks than experts: each task to one expert; with more experts
+    than tasks: no expert shared by two tasks). Why the minimum: it is the largest ``I`` can be, so 1 is
+    reachable for any numbers of tasks and experts (dividing by ``H(task)`` would cap the score at
+    ``log K / log T`` with fewer experts than tasks); it is what scikit-learn's ``normalized_mutual_info_score``
+    computes with ``average_method="min"`` on per-token labels, but for the degenerate cases: a collapsed
+    router (``H(expert) = 0``) scores 0; with fewer than two tasks seen (``H(task) = 0``) specialisation by task
+    is undefined: NaN. Entropies in nats.
+    """
+    joint = joint.double()
+    total = joint.sum(dim=(-2, -1), keepdim=True)
+    p = joint / total.clamp_min(torch.finfo(joint.dtype).tiny)
+
+    def entropy(q: Tensor, dims: tuple[int, ...]) -> Tensor:
+        return -torch.special.xlogy(q, q).sum(dim=dims)
+
+    h_task = entropy(p.sum(-1), (-1,))
+    h_expert = entropy(p.sum(-2), (-1,))
+    mutual = (h_task + h_expert - entropy(p, (-2, -1))).clamp_min(0)
+    bound = torch.minimum(h_task, h_expert)
+    eps = 1e-12
+    nmi = torch.where(bound > eps, mutual / bound.clamp_min(eps), torch.zeros_like(mutual)).clamp(0, 1)
+    return torch.where(h_task > eps, nmi, torch.full_like(nmi, math.nan))

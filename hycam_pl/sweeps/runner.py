@@ -35,6 +35,7 @@ from hycam_pl.sweeps.trial import CONFIG, FAILED, INTERRUPTED, RESULT, RUN_CONFI
 
 TRIAL_JSON = "trial.json"
 TUNE_DIR = ".tune"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 @dataclass
@@ -213,21 +214,21 @@ def run_on_ray(
             progress.errored(_trial_name(trial), f"see {error}" if error else "no error file")
 
     started = time.monotonic()
-    ray.init(
-        address=address or "local",  # "local": always a new instance, never an unrelated running one
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-    )
+    connect(ray, address)
     where = f"Ray cluster at {address}" if address else "a local Ray instance"
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
     cpus = ray.cluster_resources().get("CPU", 0)
     gpus = ray.cluster_resources().get("GPU", 0)
     print(
-        f"[sweep {spec.name}] {where} ({cpus:g} CPUs, {gpus:g} GPUs) started in {time.monotonic() - started:.1f} s; "
-        f"each trial uses {spec.resources['cpu']:g} CPU(s), {spec.resources['gpu']:g} GPU(s)",
+        f"[sweep {spec.name}] {where} ({len(nodes)} node{'s' * (len(nodes) != 1)}, {cpus:g} CPUs, {gpus:g} GPUs) "
+        f"joined in {time.monotonic() - started:.1f} s; each trial uses {spec.resources['cpu']:g} CPU(s), "
+        f"{spec.resources['gpu']:g} GPU(s)",
         flush=True,
     )
     try:
+        check_resources(spec, nodes, where)
+        for item in items:  # only once Ray has the resources: a refused sweep leaves its trials as they were
+            prepare(spec, item)
         tuner = tune.Tuner(
             tune.with_resources(trial_module.run_trial, {k: v for k, v in spec.resources.items() if v}),
             param_space={"trial": tune.grid_search([payload(spec, item, cwd) for item in items])},
@@ -248,6 +249,59 @@ def run_on_ray(
         tuner.fit()
     finally:
         ray.shutdown()
+
+
+def connect(ray: Any, address: str | None) -> None:
+    """``ray.init``: a new private instance without ``address``, else join that cluster. A cluster that cannot
+    be joined is one ``error:`` line naming the address and the usual causes (Ray's own message names neither:
+    "Failed to connect to Ray cluster at ...", after its retries)."""
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    if not address:
+        ray.init(address="local", **options)  # "local": always a new instance, never an unrelated running one
+        return
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as error:
+        auth = os.environ.get(AUTH_MODE_ENV, "")
+        hint = (
+            f"{f'{AUTH_MODE_ENV}={auth}' if auth else f'{AUTH_MODE_ENV} is not set'}; a cluster started with "
+            "'ray start' checks a token when its head found one "
+            f"(Ray 2.60): set {AUTH_MODE_ENV}=token and give this machine the cluster's token (~/.ray/auth_token, "
+            "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN; 'ray get-auth-token' on the head prints it)"
+            if auth.lower() != "token"
+            else f"{AUTH_MODE_ENV}=token: is this machine's token the cluster's ('ray get-auth-token' on the head)?"
+        )
+        raise SweepError(
+            f"--address {address}: could not join the Ray cluster ({_cause(error)}). Is a head running there "
+            f"('ray start --head') and reachable from this machine? {hint}"
+        ) from error
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost message of an exception chain, on one line."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
+def check_resources(spec: SweepSpec, nodes: list[dict[str, Any]], where: str) -> None:
+    """A trial runs on one node: refuse a sweep whose per-trial resources no node has, instead of letting Ray
+    Tune wait for them forever (it only prints a warning every few minutes)."""
+    wanted = {"CPU": spec.resources["cpu"], "GPU": spec.resources["gpu"]}
+    if any(all(node.get("Resources", {}).get(k, 0) >= v for k, v in wanted.items() if v) for node in nodes):
+        return
+    largest = ", ".join(
+        sorted(
+            {
+                f"{node.get('Resources', {}).get('CPU', 0):g} CPUs and {node.get('Resources', {}).get('GPU', 0):g} GPUs"
+                for node in nodes
+            }
+        )
+    )
+    raise SweepError(
+        f"{spec.path}: resources {{cpu: {wanted['CPU']:g}, gpu: {wanted['GPU']:g}}} per trial: no node of the "
+        f"{where} has them (its nodes have {largest or 'nothing'}); lower the resources or add a node that has them"
+    )
 
 
 def run_sweep(
@@ -282,9 +336,6 @@ def _run_locked(
         flush=True,
     )
     if to_run:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        for item in to_run:
-            prepare(spec, item)
         progress = _Progress(spec.name, len(planned), done, failed, len(to_run))
         run_on_ray(spec, to_run, progress, sweep_dir, cwd, address)
     records: list[TrialRecord] = [read_record(p.trial, p.directory) for p in planned]

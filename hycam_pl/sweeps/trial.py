@@ -96,14 +96,20 @@ def _die_with_parent() -> None:
 def run_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable: ``config["trial"]`` says where the trial lives and what to report."""
     spec = config["trial"]
-    outcome = execute(spec)
+    import ray
     from ray import tune
 
+    context = ray.get_runtime_context()
+    # Where it ran: a cluster node (its id and address) or the sweep's private instance; kept in the markers.
+    node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    outcome = execute(spec, {**node, "cluster": context.gcs_address})
     tune.report(outcome)
 
 
-def execute(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one trial (both CLI stages) and write its marker; return what Tune reports."""
+def execute(spec: dict[str, Any], ray_node: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one trial (both CLI stages) and write its marker (with ``ray_node``, where it ran); return what
+    Tune reports."""
+    where = {"ray": ray_node} if ray_node else {}
     trial_dir = Path(spec["dir"])
     config = str(trial_dir / RUN_CONFIG)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -137,7 +143,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             tail = [local(line) for line in stderr_tail(err.read())]
         seconds[f"{stage}_s"] = round(time.monotonic() - start, 2)
         if code < 0 or code in INTERRUPTED_EXIT_CODES:
-            interruption = {"status": "interrupted", "stage": stage, "exit_code": code, **seconds}
+            interruption = {"status": "interrupted", "stage": stage, "exit_code": code, **seconds, **where}
             write_json_atomically(trial_dir / INTERRUPTED, interruption)
             return {"status": "interrupted", "error": f"hycam {stage} interrupted (exit {code})", **seconds}
         if code != 0:
@@ -149,6 +155,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
                 "stderr_tail": tail,
                 "command": [local(part) for part in argv],
                 **seconds,
+                **where,
             }
             write_json_atomically(trial_dir / FAILED, failure)
             return {"status": "failed", "error": failure["error"], **seconds}
@@ -161,6 +168,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
             "error": f"hycam test wrote no results file at {spec['results']}",
             "stderr_tail": [],
             **seconds,
+            **where,
         }
         write_json_atomically(trial_dir / FAILED, failure)
         return {"status": "failed", "error": failure["error"], **seconds}
@@ -170,7 +178,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     (trial_dir / FAILED).unlink(missing_ok=True)
     (trial_dir / INTERRUPTED).unlink(missing_ok=True)
     write_json_atomically(
-        trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds, "fit": fit, **record}
+        trial_dir / RESULT, {"status": "done", "metrics": metrics, **seconds, "fit": fit, **record, **where}
     )
     reported = {name: metrics.get(name) for name in spec["metrics"]}
     return {"status": "done", **{k: v for k, v in reported.items() if v is not None}, **seconds}

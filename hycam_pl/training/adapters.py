@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hycam_pl.modulation.persistence import check_sizes_fit_tensors
+from hycam_pl.modulation.persistence import check_size_limits
 
 
 def write_adapter(module: Any, trainable: dict[str, torch.Tensor], directory: str | os.PathLike) -> Path:
@@ -22,9 +22,8 @@ def write_adapter(module: Any, trainable: dict[str, torch.Tensor], directory: st
             f"model.method={module.method.name!r} trains the whole model and has no adapter to export; "
             "use the checkpoint itself"
         )
-    # Sizes in the checkpoint's hyper-parameters are checked against its tensors before anything is built.
-    options = {k: v for k, v in dict(module.hparams).items() if k != "backbone"}
-    check_sizes_fit_tensors(options, trainable, "the checkpoint's hyper_parameters")
+    # Sizes in the checkpoint's hyper-parameters are bounded before anything is built from them.
+    check_size_limits(dict(module.hparams), "the checkpoint's hyper_parameters")
     model = module.build_model(structure_only=True)  # meta device: no backbone weights read or allocated
     wanted = {n for n, p in model.named_parameters() if p.requires_grad}
     state = {k.removeprefix("model."): v for k, v in trainable.items()}

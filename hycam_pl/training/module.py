@@ -118,13 +118,14 @@ class MultiTaskLM(L.LightningModule):
                 "max_scaler_skips": max_scaler_skips,
             }
         )
-        # The backbone is built at the end of the constructor, or, inside ``sharding.deferred_build()`` (the
-        # CLI under FSDP/DeepSpeed), lazily in ``configure_model``: sharded strategies build it per rank there,
-        # without every rank holding a full copy first.
+        # The backbone is built at the end of the constructor, or, inside ``sharding.deferred_build()`` (sharded
+        # CLI runs), in ``configure_model``, per rank, without every rank holding a full copy first.
         self.val_metrics: TaskMetrics | None = None
         self.test_metrics: TaskMetrics | None = None
         self.val_overall = TeacherForcedLoss()
         self.test_overall = TeacherForcedLoss()
+        # Sections callbacks add to this test's results files (e.g. RoutingTelemetry's), emptied once written.
+        self.extra_test_results: dict[str, dict[str, float]] = {}
         self.guard = NonFiniteGuard(max_nonfinite_steps, max_scaler_skips)
         self.random_stream = TrainingRandomStream()
         self._validations_done = 0
@@ -268,6 +269,8 @@ class MultiTaskLM(L.LightningModule):
         score_generations(self, "test", self.test_metrics)
         examples = self.test_metrics.examples.gathered()  # every rank takes part
         results = self._log_results("test", self.test_metrics, self.test_overall)
+        results, self.extra_test_results = {**results, **self.extra_test_results}, {}
+        results, self.extra_test_results = {**results, **self.extra_test_results}, {}
         run_dir = self.run_dir()
         if self.trainer.is_global_zero and run_dir is not None:
             report_test_results(results, examples, run_dir)

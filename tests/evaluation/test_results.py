@@ -7,8 +7,9 @@ import math
 
 import pytest
 
+from hycam_pl.metrics import format_value
 from tests.evaluation.conftest import METRICS, TASKS, TinyRun
-from tests.evaluation.helpers import read_events, scalar_series
+from tests.evaluation.helpers import read_events, scalar_series, texts
 
 # The synthetic qa task answers in one word: BLEU-4 and ROUGE-2 cannot score it (README "Metrics").
 NOT_APPLICABLE = {"qa": {"sacrebleu", "rouge2"}}
@@ -16,7 +17,8 @@ NOT_APPLICABLE = {"qa": {"sacrebleu", "rouge2"}}
 
 def test_results_json_has_every_task_and_metric_and_a_macro_row(tiny_run: TinyRun):
     results = json.loads((tiny_run.test_dir / "results.json").read_text())
-    assert list(results) == [*TASKS, "macro"]
+    assert list(results) == [*TASKS, "macro", "routing"]  # routing: see the specialisation test below
+    results.pop("routing")
     for task, values in results.items():
         assert list(values) == list(METRICS), task
         for metric in METRICS:
@@ -35,7 +37,8 @@ def test_results_json_has_every_task_and_metric_and_a_macro_row(tiny_run: TinyRu
 
 
 def test_results_md_is_the_table_printed_to_stdout(tiny_run: TinyRun):
-    table = (tiny_run.test_dir / "results.md").read_text().strip().splitlines()
+    text = (tiny_run.test_dir / "results.md").read_text().strip()
+    table = [line for line in text.splitlines() if line.startswith("|")]  # then the routing line
     assert table[0] == "| " + " | ".join(["task", *METRICS]) + " |"
     rows = [line.split("|")[1].strip() for line in table[2:]]
     assert rows == [*TASKS, "**macro**"]
@@ -61,3 +64,24 @@ def test_tensorboard_has_the_test_metrics_except_not_applicable_ones(tiny_run: T
             else:
                 (value,) = logged[tag].values()
                 assert value == pytest.approx(results[task][metric], rel=1e-5, abs=1e-6), tag
+
+
+def test_routing_specialisation_in_results_and_tensorboard(tiny_run: TinyRun):
+    """Per layer and as the mean over layers: in results.json, as test scalars, below the table and in the
+    routing text table (the values themselves are tested in tests/metrics and test_routing_callback.py)."""
+    routing = json.loads((tiny_run.test_dir / "results.json").read_text())["routing"]
+    layers = [f"task_nmi/layer_{i}" for i in range(tiny_run.num_layers)]
+    assert list(routing) == ["task_nmi", *layers]
+    assert all(0.0 <= routing[name] <= 1.0 for name in routing)
+    assert routing["task_nmi"] == pytest.approx(sum(routing[name] for name in layers) / len(layers))
+    events = read_events(tiny_run.test_dir)
+    logged = scalar_series(events)
+    assert list(logged["test/router/task_nmi"].values()) == [pytest.approx(routing["task_nmi"], rel=1e-5)]
+    for i in range(tiny_run.num_layers):
+        (value,) = logged[f"test/router/layer_{i}/task_nmi"].values()
+        assert value == pytest.approx(routing[f"task_nmi/layer_{i}"], rel=1e-5)
+    markdown = (tiny_run.test_dir / "results.md").read_text()
+    assert "Routing specialisation (task NMI, 0 = routing ignores the task" in markdown
+    assert f"{format_value(routing['task_nmi'])}, mean over layers; per layer 0: " in markdown
+    (table,) = texts(events, "router/table").values()
+    assert f"Routing specialisation (task NMI): {routing['task_nmi']:.2f}" in table

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hycam_pl.callbacks import RoutingTelemetry
-from hycam_pl.modulation import balance_loss, routing_statistics
+from hycam_pl.modulation import balance_loss, modulated_layers, routing_statistics
 from tests.evaluation.helpers import (
     TASK_NAMES,
     TinyData,
@@ -243,3 +243,56 @@ def test_without_a_datamodule_per_task_usage_is_skipped(tmp_path):
 def test_invalid_settings_are_rejected(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         RoutingTelemetry(**kwargs)
+
+
+class BatchPinnedLM(TinyLM):
+    """Validation pins every layer's router to one expert per validation batch (``expert = batch index``)."""
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        bias = torch.full((K,), -30.0)
+        bias[batch_idx % K] = 30.0
+        for layer in modulated_layers(self.model).values():
+            layer.router.linear.bias.copy_(bias)
+        self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+class TaskBatches(TinyData):
+    """Validation batch ``b`` holds the tasks ``tasks_of_batch[b]``, every example 12 real tokens."""
+
+    def __init__(self, tasks_of_batch: list[list[int]]) -> None:
+        super().__init__(2)
+        generator = torch.Generator().manual_seed(3)
+        self.val_batches = []
+        for tasks in tasks_of_batch:
+            ids = torch.randint(1, 64, (len(tasks), 12), generator=generator)
+            self.val_batches.append(
+                {"input_ids": ids, "attention_mask": torch.ones_like(ids), "task_ids": torch.tensor(tasks)}
+            )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_batches, batch_size=None, shuffle=False)
+
+
+@pytest.mark.parametrize(
+    ("tasks_of_batch", "expected"),
+    [
+        ([[0, 1, 2, 0, 1, 2]] * 3, 0.0),  # every batch holds every task equally: the expert ignores the task
+        ([[0, 0, 0], [1, 1], [2, 2, 2, 2]], 1.0),  # batch b = task b only: each task has its own expert
+    ],
+    ids=["task-independent", "own-expert"],
+)
+def test_validation_reports_routing_specialisation_per_layer(tmp_path, tasks_of_batch, expected):
+    trainer = tiny_trainer(tmp_path, [RoutingTelemetry(every_n_steps=2)], max_steps=2, val_check_interval=2)
+    trainer.fit(BatchPinnedLM(router_bias=[0.0] * K), datamodule=TaskBatches(tasks_of_batch))
+    events = read_events(tmp_path / "tiny" / "version_0")
+    scalars = scalar_series(events)
+    for i in LAYERS:
+        assert scalars[f"val/router/layer_{i}/task_nmi"] == {1: pytest.approx(expected, abs=1e-6)}
+    assert scalars["val/router/task_nmi"] == {1: pytest.approx(expected, abs=1e-6)}
+    (table,) = texts(events, "router/table").values()
+    assert "| layer | all tasks | alpha | beta | gamma | task NMI |" in table
+    for i in LAYERS:
+        assert f" | {expected:.2f} |" in next(
+            line for line in table.splitlines() if line.startswith(f"| {i} |")
+        )
+    assert f"Routing specialisation (task NMI): {expected:.2f}, mean over layers" in table

@@ -75,7 +75,12 @@ def rows_by_key(rows) -> dict[tuple[str, str], object]:
 
 def test_a_known_effect_is_covered_and_detected(tmp_path: Path) -> None:
     reference, other = runs_with_effect(tmp_path, loss_effect=0.1, extra_correct=12)
-    rows = rows_by_key(compare_groups(load_groups({"base": [reference], "tuned": [other / "results.json"]})))
+    groups = load_groups({"base": [reference], "tuned": [other / "results.json"]})
+    assert {metric for _, metric in rows_by_key(compare_groups(groups, resamples=200))} == {
+        "loss",
+        "task_score",
+    }
+    rows = rows_by_key(compare_groups(groups, ["loss", "task_score", "exact_match"]))
     assert {task for task, _ in rows} == {*TASKS, "macro"}
     for task in (*TASKS, "macro"):
         loss = rows[(task, "loss")]

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from hycam_pl.metrics import MACRO, flatten_results, format_results_table, format_value, write_results
+from hycam_pl.metrics.results import ROUTING_SECTION
 
 RESULTS = {
     "qa": {"sacrebleu": None, "rouge2": None, "loss": 1.5, "ppl": 4.4816890703},
@@ -83,3 +84,12 @@ def test_flatten_results():
         "val/qa/loss": 1.0,
         "val/macro/loss": 1.0,
     }
+
+
+def test_routing_section_is_kept_in_json_and_shown_below_the_task_table(tmp_path):
+    routing = {"task_nmi": 0.25, "task_nmi/layer_0": 0.1, "task_nmi/layer_1": 0.4}
+    json_path, md_path = write_results({**RESULTS, ROUTING_SECTION: routing}, tmp_path)
+    assert json.loads(json_path.read_text())[ROUTING_SECTION] == routing
+    text = md_path.read_text()
+    assert text.startswith(format_results_table(RESULTS))  # the task table is unchanged
+    assert text.rstrip().endswith("0.2500, mean over layers; per layer 0: 0.1000, 1: 0.4000")
