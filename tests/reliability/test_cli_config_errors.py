@@ -142,7 +142,7 @@ def test_config_is_checked_before_the_backbone_is_loaded(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the backbone was loaded before the config was validated")
 
-    monkeypatch.setattr("hycam_pl.training.module.load_backbone", refuse)
+    monkeypatch.setattr("hycam_pl.training.building.load_backbone", refuse)
     config = write_config(tmp_path / "config.yaml", run_config(tmp_path))
     result: CliResult = run_hycam_in_process(
         ["fit", "-c", str(config), "--model.method.rank", "65"], tmp_path
