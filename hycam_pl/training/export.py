@@ -1,4 +1,4 @@
-"""``hycam export CKPT OUT_DIR``: the portable adapter folder from any strategy's checkpoint.
+"""The portable adapter folder from any strategy's checkpoint (the ``hycam export`` command: hycam_pl.cli.export).
 
 A checkpoint holds the trainable weights (full tensors, gathered on save) and the hyper-parameters; the adapter
 is written by the method's own ``save`` from a model whose frozen backbone is never loaded: it is built on the meta
@@ -8,10 +8,8 @@ device and only the trainable tensors are put in. Lightning's distributed checkp
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,10 @@ from hycam_pl.io import fsync_directory
 from hycam_pl.methods import upgrade_hparams
 from hycam_pl.methods.base import adapter_kind
 from hycam_pl.training.adapters import write_adapter
-from hycam_pl.training.checkpoints import TRUST_ENV, read_checkpoint
+from hycam_pl.training.checkpoints import read_checkpoint
 from hycam_pl.training.module import MultiTaskLM
 from hycam_pl.training.resume import check_writable
 from hycam_pl.training.sharding import deferred_build
-from hycam_pl.training.validation import report_user_errors
 
 USAGE = "hycam export CKPT OUT_DIR: write the adapter folder of a training checkpoint (file or folder)"
 
@@ -111,29 +108,3 @@ def _replace(source: Path, destination: Path) -> None:
         shutil.rmtree(destination)
     os.replace(source, destination)
     fsync_directory(destination.parent)
-
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="hycam export", description=USAGE)
-    parser.add_argument("checkpoint", help="a .ckpt file, or a distributed / DeepSpeed checkpoint folder")
-    parser.add_argument(
-        "out_dir",
-        help="the adapter folder to write: new, empty, or a previous export of the same kind (only the "
-        "adapter's own files are replaced; nothing else in it is touched)",
-    )
-    parser.add_argument(
-        "--trust-checkpoint-code",
-        action="store_true",
-        help=f"read a DeepSpeed folder holding objects beyond the allow-list with DeepSpeed's full unpickling "
-        f"(same as {TRUST_ENV}=1); only for folders you wrote yourself",
-    )
-    args = parser.parse_args(argv)
-    if args.trust_checkpoint_code:
-        os.environ[TRUST_ENV] = "1"
-    with report_user_errors():
-        target = export(args.checkpoint, args.out_dir)
-        print(f"Wrote the adapter to {target}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

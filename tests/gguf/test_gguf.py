@@ -11,8 +11,9 @@ import torch
 
 from hycam_pl import gguf
 from hycam_pl.backbone import load_backbone
+from hycam_pl.cli.errors import report_user_errors
 from hycam_pl.data.tokenizer import load_tokenizer
-from hycam_pl.training.validation import report_user_errors, validate_model_options
+from hycam_pl.training.validation import validate_model_options
 from tests.gguf.tiny_gguf import HIDDEN, write_tiny_gguf
 
 

@@ -7,18 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import hycam_pl.training.validation as validation
+import hycam_pl.cli.errors as errors
 from hycam_pl import HyCAMConfig, adapter_state_dict, attach, load_adapter, save_adapter
 from hycam_pl.backbone import load_backbone
+from hycam_pl.cli.errors import find_user_error, report_user_errors
 from hycam_pl.data import DataError
 from hycam_pl.methods import HyCAMMethod
 from hycam_pl.modulation import AdapterError, is_attached
 from hycam_pl.training import MultiTaskLM
-from hycam_pl.training.validation import (
-    find_user_error,
-    report_user_errors,
-    validate_model_options,
-)
+from hycam_pl.training.validation import validate_model_options
 from tests.reliability.helpers import TINY_BACKBONE
 
 SMALL = {**TINY_BACKBONE, "hidden_size": 32, "intermediate_size": 64}
@@ -61,7 +58,7 @@ def test_errors_not_raised_by_hycam_pl_are_not_user_errors() -> None:
     [(DataError("task 'x': a.jsonl: line 3: invalid JSON"), 2), (FloatingPointError("non-finite loss"), 3)],
 )
 def test_report_user_errors_prints_one_line_and_exits(monkeypatch, capsys, error, code) -> None:
-    monkeypatch.setattr(validation, "_raised_in_package", lambda e: True)
+    monkeypatch.setattr(errors, "_raised_in_package", lambda e: True)
     with pytest.raises(SystemExit) as exited, report_user_errors():
         raise error
     assert exited.value.code == code
@@ -71,13 +68,13 @@ def test_report_user_errors_prints_one_line_and_exits(monkeypatch, capsys, error
 def test_report_user_errors_keeps_tracebacks_for_bugs_and_on_request(monkeypatch) -> None:
     with pytest.raises(RuntimeError), report_user_errors():
         _raise_from_torch()
-    monkeypatch.setenv(validation.TRACEBACK_ENV, "1")
+    monkeypatch.setenv(errors.TRACEBACK_ENV, "1")
     with pytest.raises(ValueError, match="rank=0 is invalid"), report_user_errors():
         HyCAMConfig(num_experts=2, rank=0)
 
 
 def test_multi_line_messages_become_one_line(monkeypatch, capsys) -> None:
-    monkeypatch.setattr(validation, "_raised_in_package", lambda e: True)
+    monkeypatch.setattr(errors, "_raised_in_package", lambda e: True)
     with pytest.raises(SystemExit), report_user_errors():
         raise ValueError("model.method: bad value\n  allowed: 1, 2\n")
     assert capsys.readouterr().err == "error: model.method: bad value allowed: 1, 2\n"

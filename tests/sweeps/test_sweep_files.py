@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from hycam_pl.sweeps.cli import main as sweep_main
+from hycam_pl.cli.sweep import main as sweep_main
 from hycam_pl.sweeps.spec import SweepError, load_sweep, trial_config
 from hycam_pl.training.validation import validate_model_options
 from tests.training.conftest import REPO

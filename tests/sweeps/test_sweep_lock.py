@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from hycam_pl.cli.sweep import main as sweep_main
 from hycam_pl.sweeps import runner
-from hycam_pl.sweeps.cli import main as sweep_main
 from hycam_pl.sweeps.lock import LOCK_FILE, sweep_lock
 from hycam_pl.sweeps.runner import run_sweep
 from tests.sweeps.test_sweep_plan import _spec

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hycam_pl.sweeps.cli import main as sweep_main
+from hycam_pl.cli.sweep import main as sweep_main
 
 
 def _sweep(tmp_path: Path, grid_value: object = 1) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from hycam_pl.cli.errors import report_user_errors
 from hycam_pl.sweeps.runner import plan, run_sweep
 from hycam_pl.sweeps.spec import load_sweep
-from hycam_pl.training.validation import report_user_errors
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 """``hycam fit|validate|test|predict -c config.yaml``: LightningCLI over MultiTaskLM and MultiTaskDataModule.
-``hycam sweep``, ``hycam export`` and ``hycam compare`` are plain commands of their own modules.
+``hycam sweep`` (hycam_pl.cli.sweep), ``hycam export`` (hycam_pl.cli.export) and ``hycam compare`` are plain
+commands of their own modules; errors become one ``error:`` line (hycam_pl.cli.errors).
 
 Configs mirror constructor arguments (``class_path``/``init_args``) and may use OmegaConf interpolation, e.g. one
 ``max_length`` referenced by data and model: ``${data.max_length}``.
@@ -18,6 +19,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
+from hycam_pl.cli.errors import report_user_errors
 from hycam_pl.data import MultiTaskDataModule
 from hycam_pl.methods.base import plain
 from hycam_pl.methods.legacy import retired_options_error
@@ -32,7 +34,7 @@ from hycam_pl.training.sharding import (
     shards_weights,
 )
 from hycam_pl.training.signals import exit_codes_for_signals
-from hycam_pl.training.validation import preflight, report_user_errors, validate_model_options
+from hycam_pl.training.validation import check_tokenizer_fits, validate_model_options
 
 
 def validate_cli_config(config: Any, subcommand: str | None) -> None:
@@ -42,6 +44,21 @@ def validate_cli_config(config: Any, subcommand: str | None) -> None:
     model = plain(section.get("model") if hasattr(section, "get") else None)
     if isinstance(model, Mapping):
         validate_model_options(model.get("init_args", model))
+
+
+def preflight(model: Any, datamodule: Any, stage: str = "fit") -> None:
+    """Load, validate and tokenise the data, and check the tokenizer fits the embeddings, *before* the trainer
+    creates a log directory or a checkpoint. ``MultiTaskDataModule.setup`` is idempotent, so Lightning's own
+    ``setup`` call later costs nothing.
+    """
+    if datamodule is None or not hasattr(datamodule, "setup"):
+        return
+    datamodule.setup(stage)
+    inner = getattr(model, "model", None)
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if inner is None or tokenizer is None or not hasattr(inner, "get_input_embeddings"):
+        return
+    check_tokenizer_fits(inner, tokenizer)
 
 
 class HyCAMCLI(LightningCLI):
@@ -89,7 +106,7 @@ class HyCAMCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["sweep"]:  # not a LightningCLI subcommand: runs many of them (hycam_pl.sweeps)
-        from hycam_pl.sweeps.cli import main as sweep
+        from hycam_pl.cli.sweep import main as sweep
 
         return sweep(argv[1:])
     if argv[:1] == ["compare"]:  # paired statistics of test runs (hycam_pl.metrics.compare)
@@ -97,7 +114,7 @@ def main(args: list[str] | None = None) -> None:
 
         raise SystemExit(compare(argv[1:]))
     if argv[:1] == ["export"]:  # a checkpoint's adapter folder (hycam_pl.training.export)
-        from hycam_pl.training.export import main as export
+        from hycam_pl.cli.export import main as export
 
         return export(argv[1:])
     quiet_deepspeed_detection()
@@ -147,7 +164,3 @@ def _main(args: list[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
