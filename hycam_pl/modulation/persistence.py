@@ -230,6 +230,8 @@ def declared_sizes(values: Any, prefix: str = "", depth: int = 0) -> list[tuple[
     if depth > MAX_CONFIG_DEPTH:
         raise AdapterError(f"{prefix or 'config'} is nested more than {MAX_CONFIG_DEPTH} levels deep")
     found: list[tuple[str, int]] = []
+    if callable(getattr(values, "to_dict", None)):  # a config object (HyCAMConfig, MixtureConfig)
+        values = values.to_dict()
     if isinstance(values, dict):
         for key, value in values.items():
             name = f"{prefix}.{key}" if prefix else str(key)
@@ -253,6 +255,17 @@ def check_sizes_fit_tensors(values: Any, tensors: dict[str, Any], where: str) ->
                 f"{where}: {name}={value} is no dimension of any saved tensor (largest {max(dims, default=0)}); "
                 "the config does not describe these weights"
             )
+
+
+MAX_DECLARED_SIZE = 1 << 16  # no real adapter has more experts or a larger rank; a larger one is tampering
+
+
+def check_size_limits(values: Any, where: str) -> None:
+    """Refuse declared sizes (:data:`SIZE_FIELDS`) above :data:`MAX_DECLARED_SIZE`, for configs whose tensors
+    are not all at hand (a checkpoint's hyper-parameters also hold options another method ignores)."""
+    for name, value in declared_sizes(values):
+        if value > MAX_DECLARED_SIZE:
+            raise AdapterError(f"{where}: {name}={value} exceeds {MAX_DECLARED_SIZE}; refusing to build it")
 
 
 def check_tensor_values(tensors: dict[str, torch.Tensor], where: str) -> None:

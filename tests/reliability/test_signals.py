@@ -4,8 +4,10 @@ written; a completed fit's ``last.ckpt`` is its final step whatever the checkpoi
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -18,9 +20,30 @@ from tests.reliability.helpers import hycam_command, hycam_env, run_config, run_
 MAX_STEPS = 400
 
 
+def _wait_for(path, process=None, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
+            if process is not None:
+                process.kill()
+                pytest.fail(f"no checkpoint before exit/timeout:\n{process.communicate()[1][-3000:]}")
+            return
+        time.sleep(0.05)
+
+
+def _assert_interrupted_run(root) -> None:
+    step = read_checkpoint(root / "checkpoints" / "last.ckpt")[
+        "global_step"
+    ]  # complete; the safe reader loads it
+    assert 0 < step < MAX_STEPS
+    assert not list((root / "runs").rglob("adapter_model.safetensors")), (
+        "an interrupted fit wrote its adapter"
+    )
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_terminated_fit_exits_non_zero_with_a_consistent_last_checkpoint(tmp_path, signum, code):
+def test_sigterm_makes_hycam_fit_exit_143_with_a_consistent_last_checkpoint(tmp_path):
+    """The console script in a fresh process, as a scheduler's pre-emption or ``timeout`` terminates it."""
     config = write_config(
         tmp_path / "config.yaml", run_config(tmp_path, max_steps=MAX_STEPS, every_n_train_steps=1)
     )
@@ -32,21 +55,33 @@ def test_a_terminated_fit_exits_non_zero_with_a_consistent_last_checkpoint(tmp_p
         stderr=subprocess.PIPE,
         text=True,
     )
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 180
-    while not last.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"no checkpoint before exit/timeout:\n{process.communicate()[1][-3000:]}")
-        time.sleep(0.05)
-    process.send_signal(signum)
+    _wait_for(tmp_path / "checkpoints" / "last.ckpt", process)
+    process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == code, stderr[-3000:]
-    step = read_checkpoint(last)["global_step"]  # complete, and loads through the safe reader
-    assert 0 < step < MAX_STEPS
-    assert not list((tmp_path / "runs").rglob("adapter_model.safetensors")), (
-        "an interrupted fit wrote its adapter"
-    )
+    assert process.returncode == 143, stderr[-3000:]
+    _assert_interrupted_run(tmp_path)
+
+
+def test_sigint_makes_hycam_fit_exit_130(tmp_path):
+    """Ctrl-C (in-process: the signal reaches this process's main thread, where ``hycam`` runs)."""
+    write_config(tmp_path / "config.yaml", run_config(tmp_path, max_steps=MAX_STEPS, every_n_train_steps=1))
+    running = threading.Event()
+
+    def interrupt() -> None:
+        _wait_for(tmp_path / "checkpoints" / "last.ckpt")
+        if running.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt, daemon=True)
+    running.set()
+    sender.start()
+    try:
+        result = run_hycam_in_process(["fit", "-c", "config.yaml"], tmp_path)
+    finally:
+        running.clear()
+    sender.join(timeout=5)
+    assert result.returncode == 130, result.stderr[-3000:]
+    _assert_interrupted_run(tmp_path)
 
 
 def test_last_checkpoint_is_the_final_step_whatever_the_interval(tmp_path):
