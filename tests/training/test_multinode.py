@@ -38,12 +38,8 @@ def free_port() -> int:
 
 
 def node_config(root: Path) -> Path:
-    """The tiny config as plain CAM, every checkpoint kept (the resume starts from step 2's). ``model.hycam`` is
-    replaced rather than left with its 4 experts for ``method: cam`` to ignore: ``hycam export`` checks the
-    checkpoint's raw ``model.hycam`` sizes against its tensors and would refuse the experts cam never built."""
-    path = tiny_quickstart(
-        root, max_steps=STEPS, val_every=2, num_examples=16, method="cam", hycam={"num_experts": 0}
-    )
+    """The tiny config with ``method: cam``, every checkpoint kept (the resume starts from step 2's)."""
+    path = tiny_quickstart(root, max_steps=STEPS, val_every=2, num_examples=16, method="cam")
     config = yaml.safe_load(path.read_text())
     for callback in config["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ModelCheckpoint"):
