@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from hycam_pl.io import fsync_directory
+from hycam_pl.io import place_staged_folder
 from hycam_pl.methods.peft_methods import METHOD_FILE
 from hycam_pl.modulation.persistence import CONFIG_FILE, check_size_limits
 from hycam_pl.modulation.persistence import PEFT_TYPE as HYCAM_PEFT_TYPE
@@ -121,8 +121,7 @@ def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: 
         staged = staging / "adapter"
         write_adapter(module, trainable, staged)
         if not existed:
-            os.replace(staged, target)
-            return target
+            return place_staged_folder(staged, target)
         others = sorted(p.name for p in target.iterdir() if p != staging)
         if others:
             previous, new = adapter_format(target), adapter_format(staged)
@@ -137,26 +136,10 @@ def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: 
                     f"hycam export: {target} holds a {previous} adapter, this checkpoint's is {new}; export "
                     "into a new or empty folder (nothing was written or deleted)"
                 )
-        for entry in sorted(staged.iterdir()):
-            if entry.is_dir() and (target / entry.name).is_file():
-                raise ValueError(
-                    f"hycam export: {target / entry.name} is a file where the adapter has a folder"
-                )
-        for entry in sorted(staged.iterdir()):  # the adapter's own files only; the config (checksum) last
-            if entry.name != CONFIG_FILE:
-                _replace(entry, target / entry.name)
-        if (staged / CONFIG_FILE).exists():
-            _replace(staged / CONFIG_FILE, target / CONFIG_FILE)
+        place_staged_folder(staged, target, last=(CONFIG_FILE,))  # the config (checksum) last
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _replace(source: Path, destination: Path) -> None:
-    if source.is_dir() and destination.is_dir():  # an adapter's own sub-folder: replaced as a whole
-        shutil.rmtree(destination)
-    os.replace(source, destination)
-    fsync_directory(destination.parent)
 
 
 def main(argv: list[str]) -> None:
