@@ -25,6 +25,7 @@ import lightning as L
 import torch
 
 from hycam_pl.data import MultiTaskDataModule
+from hycam_pl.methods import HyCAMMethod
 from hycam_pl.training import MultiTaskLM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ class _StepClock(L.Callback):
 
 def model() -> MultiTaskLM:
     torch.manual_seed(0)
-    return MultiTaskLM(BACKBONE, method="hycam", hycam={"num_experts": 4, "rank": 8}, learning_rate=1e-3)
+    return MultiTaskLM(BACKBONE, method=HyCAMMethod(num_experts=4, rank=8), learning_rate=1e-3)
 
 
 def lightning_seconds_per_step(data: MultiTaskDataModule, steps: int, warmup: int, root: str) -> float:

@@ -169,9 +169,9 @@ def _reference(experts: int):
 
 def _registered(method_name: str):
     def build(model: nn.Module):
-        from hycam_pl.methods import build_method
+        from hycam_pl.methods import resolve_method
 
-        method = build_method(method_name)
+        method = resolve_method(method_name)
         model = method.apply(model)
 
         def aux(m: nn.Module) -> torch.Tensor:

@@ -34,7 +34,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from hycam_pl.callbacks import RoutingTelemetry
 from hycam_pl.data import MultiTaskDataModule
-from hycam_pl.modulation import HyCAMConfig, routing_statistics
+from hycam_pl.methods import HyCAMMethod
+from hycam_pl.modulation import routing_statistics
 from hycam_pl.training import MultiTaskLM
 
 TASKS = ("arithmetic", "code", "qa", "list_ops")
@@ -150,7 +151,9 @@ def main() -> None:
             sampling="uniform",
             cache_dir=None,
         )
-        model = MultiTaskLM(backbone, hycam=HyCAMConfig(num_experts=args.experts, rank=8), learning_rate=1e-3)
+        model = MultiTaskLM(
+            backbone, method=HyCAMMethod(num_experts=args.experts, rank=8), learning_rate=1e-3
+        )
         trainer = L.Trainer(
             accelerator="gpu" if args.device == "cuda" else "cpu",
             devices=1,

@@ -8,21 +8,40 @@ Configs mirror constructor arguments (``class_path``/``init_args``) and may use 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import set_parsing_settings
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from hycam_pl.data import MultiTaskDataModule
+from hycam_pl.methods.base import plain
+from hycam_pl.methods.legacy import retired_options_error
 from hycam_pl.training import MultiTaskLM
 from hycam_pl.training.checkpoints import install_safe_checkpoint_loading
 from hycam_pl.training.faults import install_atomic_checkpoint_io, install_final_last_checkpoint
 from hycam_pl.training.resume import check_output_directories, prepare_checkpoint
-from hycam_pl.training.sharding import deferred_build, quiet_deepspeed_detection, shards_weights
+from hycam_pl.training.sharding import (
+    check_strategy,
+    deferred_build,
+    quiet_deepspeed_detection,
+    shards_weights,
+)
 from hycam_pl.training.signals import exit_codes_for_signals
-from hycam_pl.training.validation import preflight, report_user_errors, validate_cli_config
+from hycam_pl.training.validation import preflight, report_user_errors, validate_model_options
+
+
+def validate_cli_config(config: Any, subcommand: str | None) -> None:
+    """Check the parsed ``hycam`` config (a jsonargparse Namespace) before LightningCLI instantiates anything."""
+    section = config[subcommand] if subcommand else config
+    check_strategy(plain(section.get("trainer") if hasattr(section, "get") else None))
+    model = plain(section.get("model") if hasattr(section, "get") else None)
+    if isinstance(model, Mapping):
+        validate_model_options(model.get("init_args", model))
 
 
 class HyCAMCLI(LightningCLI):
@@ -82,8 +101,38 @@ def main(args: list[str] | None = None) -> None:
 
         return export(argv[1:])
     quiet_deepspeed_detection()
+    retired = retired_options_in(argv)
+    if retired:
+        print(f"error: {retired}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     with exit_codes_for_signals(), report_user_errors():  # SIGTERM: exit 143, SIGINT: 130 (never 0)
         _main(args)
+
+
+def retired_options_in(argv: list[str]) -> str | None:
+    """The one-line error for a model option an earlier release had and this one replaced (in a ``-c`` file or
+    on the command line), before jsonargparse would answer with its usage text; None when there is none."""
+    files, flags = [], {}
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in ("-c", "--config") and not value and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif name == "--config" and value:
+            files.append(value)
+        elif name.startswith("--model."):
+            flags[name.removeprefix("--model.").split(".")[0]] = value or (
+                argv[i + 1] if i + 1 < len(argv) else ""
+            )
+    for file in files:
+        try:
+            loaded = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue  # jsonargparse reports an unreadable config itself
+        if isinstance(loaded, dict):
+            found = retired_options_error(loaded.get("model"), file)
+            if found:
+                return found
+    return retired_options_error(flags, "command line") if flags else None
 
 
 def _main(args: list[str] | None) -> None:

@@ -51,8 +51,8 @@ class RoutingTelemetry(L.Callback):
     matplotlib. Under DDP every rank accumulates its own tokens; at a log step (and at the end of an
     evaluation) the window is summed over ranks with one collective and rank 0 logs. Steps follow Lightning's
     ``self.log`` axis, so with ``every_n_steps == log_every_n_steps`` the router points share x values with
-    ``train/loss``, and the evaluation views share those of ``val/loss``. Models without a router
-    (``method: full``, plain CAM) are skipped silently.
+    ``train/loss``, and the evaluation views share those of ``val/loss``. Models without a router are skipped
+    silently.
     """
 
     def __init__(

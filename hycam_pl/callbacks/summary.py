@@ -6,7 +6,7 @@ import lightning as L
 
 
 def format_summary(counts: dict[str, dict[str, int]]) -> str:
-    """A Markdown table: the shared CAM dominates HyCAM's size (METHOD.md §4), so show it per component."""
+    """A Markdown table of the method's parameter summary, one row per component it reports."""
     lines = ["| component | trainable | frozen |", "|---|---:|---:|"]
     for name, values in counts.items():
         lines.append(f"| {name} | {values['trainable']:,} | {values['frozen']:,} |")

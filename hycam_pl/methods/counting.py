@@ -12,8 +12,8 @@ import torch
 import transformers
 
 from hycam_pl.backbone import config_from_dict
-from hycam_pl.methods.base import build_method
-from hycam_pl.modulation import HyCAMConfig
+from hycam_pl.methods.base import resolve_method
+from hycam_pl.modulation.model import count_parameters_by
 
 SMOLLM2_135M: dict[str, Any] = {
     "model_type": "llama",
@@ -46,17 +46,20 @@ LLAMA2_7B: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 SHAPES = {"SmolLM2-135M": SMOLLM2_135M, "Qwen2.5-7B": QWEN25_7B, "Llama-2-7B": LLAMA2_7B}
-# (row label, model.method, model.method_options); model.hycam is HyCAMConfig() unless the method is cam.
-TABLE_METHODS: list[tuple[str, str, dict[str, Any] | None]] = [
-    ("full", "full", None),
-    ("lora", "lora", None),
-    ("lora (parameter-matched)", "lora", {"match_parameters": True}),
-    ("dora", "dora", None),
-    ("ia3", "ia3", None),
-    ("molora", "molora", None),
-    ("hydralora", "hydralora", None),
-    ("cam", "cam", None),
-    ("hycam", "hycam", None),
+# (row label, model.method): every method with its defaults; the matched LoRA matches HyCAM's defaults.
+TABLE_METHODS: list[tuple[str, Any]] = [
+    ("full", "full"),
+    ("lora", "lora"),
+    (
+        "lora (parameter-matched)",
+        {"class_path": "hycam_pl.methods.LoRAMethod", "init_args": {"match_hycam": {}}},
+    ),
+    ("dora", "dora"),
+    ("ia3", "ia3"),
+    ("molora", "molora"),
+    ("hydralora", "hydralora"),
+    ("cam", "cam"),
+    ("hycam", "hycam"),
 ]
 
 
@@ -66,18 +69,13 @@ def meta_model(shape: dict[str, Any]) -> transformers.PreTrainedModel:
         return transformers.AutoModelForCausalLM.from_config(config)
 
 
-def trainable_parameters(
-    shape: dict[str, Any],
-    method: str,
-    hycam: HyCAMConfig | None = None,
-    method_options: dict[str, Any] | None = None,
-) -> tuple[int, int]:
-    """(trainable, total) parameters of ``method`` applied to a meta-device model of ``shape``."""
-    built = build_method(method, hycam=hycam, method_options=method_options)
+def trainable_parameters(shape: dict[str, Any], method: Any) -> tuple[int, int]:
+    """(trainable, total) parameters of ``method`` (a ``model.method`` value) on a meta-device model of ``shape``."""
+    built = resolve_method(method)
     with contextlib.redirect_stdout(io.StringIO()):  # the parameter-matched LoRA prints its match
         model = built.apply(meta_model(shape))
-    unique = {id(p): p for p in model.parameters()}.values()  # tied embeddings once
-    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+    total = count_parameters_by(model, lambda name: "total")["total"]  # tied embeddings once
+    return total["trainable"], total["trainable"] + total["frozen"]
 
 
 def table() -> str:
@@ -88,12 +86,12 @@ def table() -> str:
         "|---|" + "---:|" * len(names),
     ]
     bases = {n: trainable_parameters(shape, "full")[0] for n, shape in SHAPES.items()}
-    for label, method, options in TABLE_METHODS:
+    for label, method in TABLE_METHODS:
         cells = []
         for name, shape in SHAPES.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                count, _ = trainable_parameters(shape, method, None, options)
+                count, _ = trainable_parameters(shape, method)
             cells.append(f"{count:,} ({100 * count / bases[name]:.2f}%)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

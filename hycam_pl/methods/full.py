@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
-from hycam_pl.methods.base import AdaptationMethod, refuse_method_options, register_method, warn_unused_hycam
+from hycam_pl.methods.base import AdaptationMethod, register_method
 
 
 class FullFineTuning(AdaptationMethod):
+    """Every backbone weight trains; no options, no adapter (the checkpoint is the result)."""
+
     name = "full"
 
-    def __init__(self, hycam: Any = None, method_options: dict[str, Any] | None = None) -> None:
-        refuse_method_options("full", method_options, "full fine-tuning has no options")
-        warn_unused_hycam("full", hycam)
+    def __init__(self) -> None:
+        pass
 
     def apply(self, model: nn.Module) -> nn.Module:
         return model.requires_grad_(True)

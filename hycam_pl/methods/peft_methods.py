@@ -1,8 +1,8 @@
 """LoRA, DoRA and (IA)^3 through ``peft`` itself, and the parameter-matched LoRA baseline.
 
-The options in ``model.method_options`` are ``peft.LoraConfig`` / ``peft.IA3Config`` fields passed through
-unchanged, over project defaults that name the same modules in all seven supported families (Llama, Mistral,
-Qwen2/3, Gemma 1/2/3 call them alike). Adapters are saved as ordinary peft adapter folders
+Each method's constructor takes the main ``peft.LoraConfig`` / ``peft.IA3Config`` fields, with project defaults
+that name the same modules in all seven supported families (Llama, Mistral, Qwen2/3, Gemma 1/2/3 call them
+alike); ``options`` passes any other field of that peft class through unchanged. Adapters are saved as ordinary peft adapter folders
 (``adapter_config.json`` + ``adapter_model.safetensors``, loadable with ``PeftModel.from_pretrained``) plus
 ``hycam_method.json``, which records the method and the base model's identity so that loading onto a different
 base is refused.
@@ -23,9 +23,15 @@ import torch
 from torch import nn
 
 from hycam_pl.io import place_staged_folder
-from hycam_pl.methods.base import AdaptationMethod, is_bias_or_norm, register_method, warn_unused_hycam
+from hycam_pl.methods.base import (
+    AdaptationMethod,
+    is_bias_or_norm,
+    register_method,
+    trainable_count,
+)
+from hycam_pl.methods.lora_mixture import ATTENTION_PROJECTIONS
 from hycam_pl.modulation import HyCAMConfig
-from hycam_pl.modulation.mixture import ATTENTION_PROJECTIONS
+from hycam_pl.modulation.model import count_parameters_by, validate_for_model
 from hycam_pl.modulation.persistence import AdapterError, base_identity, check_base_matches
 from hycam_pl.modulation.persistence import _expected_shapes as hycam_expected_shapes
 
@@ -56,61 +62,47 @@ def _config_fields(cls: type) -> set[str]:
 
 
 class PeftMethod(AdaptationMethod):
-    """``lora``, ``dora`` (LoRA with ``use_dora``) or ``ia3``, built by ``peft.get_peft_model``.
-
-    ``lora`` also takes ``match_parameters: true``: the rank is then chosen when the backbone is known, as the
-    one whose trainable-parameter count on ``target_modules`` is closest to HyCAM's (``model.hycam``, or the
-    ``HyCAMConfig`` defaults) on the same backbone; ``lora_alpha`` defaults to ``2 * r`` then (the default
-    scale alpha / r = 2).
-    """
+    """A method built by ``peft.get_peft_model`` from a ``peft`` config class (:attr:`config_class`) and the
+    options its subclass collects; ``options`` passes further fields of that class through unchanged."""
 
     exports_adapter = True
+    adapter_index_file = "adapter_config.json"  # peft's own; hycam_method.json beside it
+    config_class_name = "LoraConfig"
 
-    def __init__(
-        self, kind: str, hycam: HyCAMConfig | None = None, method_options: dict[str, Any] | None = None
-    ) -> None:
-        self.name = kind
-        options = dict(method_options or {})
-        self.match_parameters = bool(options.pop("match_parameters", False))
-        if self.match_parameters and kind != "lora":
-            raise ValueError(
-                f"model.method_options.match_parameters is for model.method='lora', not {kind!r}"
-            )
-        if self.match_parameters and "r" in options:
-            raise ValueError(
-                "model.method_options: match_parameters chooses the rank; remove r (or match_parameters)"
-            )
-        if not self.match_parameters:
-            warn_unused_hycam(kind, hycam)
-        self.reference = hycam or HyCAMConfig()
-        self.reference_label = "model.hycam" if hycam is not None else "HyCAMConfig defaults"
+    def setup(self, options: dict[str, Any], extra: dict[str, Any] | None) -> None:
         import peft
 
-        self.config_class = peft.IA3Config if kind == "ia3" else peft.LoraConfig
-        unknown = sorted(set(options) - _config_fields(self.config_class))
+        self.config_class = getattr(peft, self.config_class_name)
+        extra = dict(extra or {})
+        known = _config_fields(self.config_class)
+        clash = sorted(set(extra) & set(options))
+        if clash:
+            raise ValueError(f"model.method.options {clash} are options of their own; set them there")
+        unknown = sorted(set(extra) - known)
         if unknown:
             raise ValueError(
-                f"model.method_options: unknown option(s) {unknown} for model.method={kind!r}; known: "
-                f"{', '.join(sorted(_config_fields(self.config_class)))} (peft.{self.config_class.__name__})"
-                + (", match_parameters" if kind == "lora" else "")
+                f"model.method.options: unknown option(s) {unknown} for {type(self).__name__}; known: "
+                f"{', '.join(sorted(known))} (peft.{self.config_class.__name__})"
             )
-        defaults = IA3_DEFAULTS if kind == "ia3" else LORA_DEFAULTS
-        self.options = {**defaults, **options}
+        self.options = {**options, **extra}
+        self.reference: HyCAMConfig | None = None
         self.matched: dict[str, int] | None = None
         self.peft_config()  # peft's own validation, before any model is built
 
+    def structure(self) -> dict[str, Any]:
+        """Everything but dropout fixes the adapter's tensors or their meaning."""
+        return {k: v for k, v in self.init_args.items() if k != "lora_dropout"}
+
     def peft_config(self, **overrides: Any) -> peft.PeftConfig:
-        options = {**self.options, **overrides}
-        if self.name == "dora":
-            options["use_dora"] = True
+        options = {k: v for k, v in {**self.options, **overrides}.items() if v is not None}
         try:
             return self.config_class(task_type="CAUSAL_LM", **options)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"model.method_options for {self.name!r}: {error}") from None
+            raise ValueError(f"model.method ({self.name}): {error}") from None
 
     def apply(self, model: nn.Module) -> nn.Module:
         overrides: dict[str, Any] = {}
-        if self.match_parameters:
+        if self.reference is not None:
             overrides = self.match_rank(model)
         config = self.peft_config(**overrides)
         import peft
@@ -125,7 +117,7 @@ class PeftMethod(AdaptationMethod):
             self.matched["lora"] = trainable_count(wrapped)
             print(
                 f"parameter-matched LoRA: rank {self.matched['rank']} on {', '.join(self.targets())} -> "
-                f"{self.matched['lora']:,} trainable parameters; HyCAM ({self.reference_label}) has "
+                f"{self.matched['lora']:,} trainable parameters; HyCAM (model.method.match_hycam) has "
                 f"{self.matched['hycam']:,} (ratio {self.matched['lora'] / self.matched['hycam']:.4f})"
             )
         return wrapped
@@ -146,13 +138,13 @@ class PeftMethod(AdaptationMethod):
         per_rank = lora_parameters_per_rank(model, self.targets())
         if per_rank == 0:
             raise ValueError(
-                f"model.method_options.target_modules={self.targets()} matches no linear layer of the backbone"
+                f"model.method.target_modules={self.targets()} matches no linear layer of the backbone"
             )
         best = max(1, round(hycam / per_rank))
         rank = min((r for r in (best - 1, best, best + 1) if r >= 1), key=lambda r: abs(r * per_rank - hycam))
         self.matched = {"rank": rank, "hycam": hycam}
         overrides: dict[str, Any] = {"r": rank}
-        if "lora_alpha" not in self.options or self.options["lora_alpha"] == LORA_DEFAULTS["lora_alpha"]:
+        if self.options["lora_alpha"] is None:
             overrides["lora_alpha"] = 2 * rank
         return overrides
 
@@ -173,7 +165,8 @@ class PeftMethod(AdaptationMethod):
             raise
 
     def load(self, model: nn.Module, directory: str) -> nn.Module:
-        """The fresh base ``model`` wrapped with the saved adapter (frozen); refuses another method or base."""
+        """The fresh base ``model`` wrapped with the saved adapter, trainable as after :meth:`apply` (call
+        ``requires_grad_(False)`` for inference); refuses another method or base."""
         meta = read_method_file(directory)
         if meta.get("method") != self.name:
             raise AdapterError(
@@ -182,10 +175,33 @@ class PeftMethod(AdaptationMethod):
         check_base_matches(model, meta, directory)
         import peft
 
-        return peft.PeftModel.from_pretrained(model, str(directory))
+        loaded = peft.PeftModel.from_pretrained(model, str(directory), is_trainable=True)
+        loaded.enable_input_require_grads()
+        return loaded
+
+    @classmethod
+    def adapter_kind(cls, directory: Path) -> str | None:
+        if not (Path(directory) / METHOD_FILE).is_file():
+            return None
+        try:
+            return f"peft {read_method_file(directory).get('method')}"
+        except (FileNotFoundError, ValueError):
+            return "peft"
+
+    def check_adapter(self, directory: str, backbone: Any) -> None:
+        try:
+            meta = read_method_file(directory)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"model.adapter: {error}") from None
+        if meta.get("method") != self.name:
+            raise ValueError(
+                f"model.adapter={directory!r} was saved by method {meta.get('method')!r}, not {self.name!r}"
+            )
 
     def summary(self, model: nn.Module) -> dict[str, dict[str, int]]:
-        return summarise(model, lambda name: "adapter" if ("lora_" in name or "ia3_" in name) else "backbone")
+        return count_parameters_by(
+            model, lambda name: "adapter" if ("lora_" in name or "ia3_" in name) else "backbone"
+        )
 
 
 def read_method_file(directory: str | os.PathLike) -> dict[str, Any]:
@@ -196,21 +212,6 @@ def read_method_file(directory: str | os.PathLike) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterError(f"{path} is corrupt: {error}") from None
-
-
-def trainable_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def summarise(model: nn.Module, component: Any) -> dict[str, dict[str, int]]:
-    """Trainable/frozen counts per ``component(parameter name)`` and in total."""
-    counts: dict[str, dict[str, int]] = {}
-    for name, param in model.named_parameters():
-        kind = "trainable" if param.requires_grad else "frozen"
-        for key in (component(name), "total"):
-            counts.setdefault(key, {"trainable": 0, "frozen": 0})[kind] += param.numel()
-    counts["total"] = counts.pop("total")
-    return counts
 
 
 def target_linears(model: nn.Module, targets: list[str]) -> list[tuple[str, nn.Linear]]:
@@ -230,12 +231,72 @@ def lora_parameters_per_rank(model: nn.Module, targets: list[str]) -> int:
 
 def hycam_trainable_count(model: nn.Module, config: HyCAMConfig) -> int:
     """HyCAM's trainable parameters on ``model`` (shapes from meta-device modules; nothing is attached)."""
-    from hycam_pl.modulation.model import validate_for_model
-
     shapes = hycam_expected_shapes(model, config, validate_for_model(model, config))
     return sum(int(torch.Size(shape).numel()) for shape in shapes.values())
 
 
-register_method("lora", lambda hycam=None, method_options=None: PeftMethod("lora", hycam, method_options))
-register_method("dora", lambda hycam=None, method_options=None: PeftMethod("dora", hycam, method_options))
-register_method("ia3", lambda hycam=None, method_options=None: PeftMethod("ia3", hycam, method_options))
+class LoRAMethod(PeftMethod):
+    """LoRA (``peft.LoraConfig``). ``match_hycam`` (HyCAM options, e.g. ``{num_experts: 4, rank: 8}``) chooses
+    the rank when the backbone is known: the one whose trainable-parameter count on ``target_modules`` is
+    closest to that HyCAM's on the same backbone; ``lora_alpha`` then defaults to ``2 * r`` (scale 2)."""
+
+    name = "lora"
+    use_dora = False
+
+    def __init__(
+        self,
+        r: int | None = None,
+        lora_alpha: int | None = None,
+        lora_dropout: float = 0.05,
+        target_modules: list[str] | str = LORA_DEFAULTS["target_modules"],
+        match_hycam: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        if match_hycam is not None and r is not None:
+            raise ValueError("model.method: match_hycam chooses the rank; remove r (or match_hycam)")
+        rank = LORA_DEFAULTS["r"] if r is None else r
+        alpha = (
+            lora_alpha if lora_alpha is not None or match_hycam is not None else LORA_DEFAULTS["lora_alpha"]
+        )
+        chosen = {
+            "r": rank,
+            "lora_alpha": alpha,
+            "lora_dropout": lora_dropout,
+            "target_modules": target_modules,
+        }
+        if self.use_dora:
+            chosen["use_dora"] = True
+        self.setup(chosen, options)
+        if match_hycam is not None:
+            try:
+                self.reference = HyCAMConfig.from_dict(dict(match_hycam))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"model.method.match_hycam: {error}") from None
+
+
+class DoRAMethod(LoRAMethod):
+    """DoRA: LoRA with a trained magnitude per output (``use_dora``); the same options as :class:`LoRAMethod`."""
+
+    name = "dora"
+    use_dora = True
+
+
+class IA3Method(PeftMethod):
+    """(IA)^3 (``peft.IA3Config``): learned rescaling of ``target_modules``' activations; by default the
+    paper's choice, keys, values and the feed-forward intermediate activation."""
+
+    name = "ia3"
+    config_class_name = "IA3Config"
+
+    def __init__(
+        self,
+        target_modules: list[str] | str = IA3_DEFAULTS["target_modules"],
+        feedforward_modules: list[str] | str = IA3_DEFAULTS["feedforward_modules"],
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.setup({"target_modules": target_modules, "feedforward_modules": feedforward_modules}, options)
+
+
+register_method("lora", LoRAMethod)
+register_method("dora", DoRAMethod)
+register_method("ia3", IA3Method)

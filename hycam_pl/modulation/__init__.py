@@ -8,17 +8,7 @@ from hycam_pl.modulation.architectures import (
 )
 from hycam_pl.modulation.balance import LayerRouting
 from hycam_pl.modulation.config import HyCAMConfig
-from hycam_pl.modulation.model import (
-    attach,
-    balance_loss,
-    count_parameters,
-    detach,
-    find_state,
-    is_attached,
-    modulated_layers,
-    routing_statistics,
-    without_routing_records,
-)
+from hycam_pl.modulation.model import attach, balance_loss, count_parameters, detach, modulated_layers
 from hycam_pl.modulation.persistence import (
     AdapterError,
     adapter_state_dict,
@@ -27,6 +17,7 @@ from hycam_pl.modulation.persistence import (
     read_adapter_config,
     save_adapter,
 )
+from hycam_pl.modulation.routing import find_state, is_attached, routing_statistics, without_routing_records
 
 __all__ = [
     "ARCHITECTURES",

@@ -9,19 +9,16 @@ Hooks are bound methods, so a modulated model pickles (``ddp_spawn``) and deep-c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hycam_pl.modulation.balance import LayerRouting, attach_balance_gradient
 from hycam_pl.modulation.config import HyCAMConfig
 from hycam_pl.modulation.experts import StackedExperts, selected_mix_backward, selected_mix_forward
 from hycam_pl.modulation.router import GumbelRouter, Routing
-
-if TYPE_CHECKING:
-    from hycam_pl.modulation.model import ModulationState
+from hycam_pl.modulation.routing import ModulationState, flat_token_mask, record_routing
 
 
 class SharedCAM(nn.Module):
@@ -173,76 +170,6 @@ class ContextualModulation(nn.Module):
             self.training,
             self.scale_by_experts,
         )
-
-
-def record_routing(
-    carrier: torch.Tensor,
-    routing: Routing,
-    token_mask: torch.Tensor | None,
-    batch_size: int,
-    record: Any,
-    key: int,
-    training: bool,
-    scale_by_experts: bool,
-) -> torch.Tensor:
-    """Store one router's statistics in ``record.layers[key]`` and, in training, return ``carrier`` (any tensor
-    on the loss path) through the identity that injects the balance loss's gradient into this router.
-
-    Shared by every routed module (HyCAM's layers, the LoRA mixtures), so the balance loss and the routing
-    telemetry treat them alike.
-    """
-    gates, probs = routing.gates, routing.probs
-    weights = token_mask.to(probs.dtype).unsqueeze(-1) if token_mask is not None else None
-    masked_gates = gates * weights if weights is not None else gates
-    masked_probs = probs * weights if weights is not None else probs
-    gate_sum = masked_gates.sum(0)
-    prob_sum = masked_probs.sum(0)
-    if key not in record.layers:  # the first call; a checkpoint recompute must not overwrite
-        with torch.no_grad():
-            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-            if weights is not None:
-                entropy = entropy * weights.squeeze(-1)
-            tokens = weights.sum() if weights is not None else probs.new_full((), float(probs.shape[0]))
-            per_example = masked_gates.detach().view(batch_size, -1, gates.shape[-1])
-            example_tokens = (
-                weights.view(batch_size, -1).sum(1)
-                if weights is not None
-                else probs.new_full((batch_size,), probs.shape[0] / batch_size)
-            )
-            record.layers[key] = LayerRouting(
-                gate_sum=gate_sum.detach(),
-                prob_sum=prob_sum.detach(),
-                entropy_sum=entropy.sum(),
-                tokens=tokens,
-                example_gate_sum=per_example.sum(1),
-                example_tokens=example_tokens,
-                probs=probs.detach(),
-                token_mask=token_mask,
-            )
-    if training and torch.is_grad_enabled():
-        carrier = attach_balance_gradient(carrier, gate_sum, prob_sum, record, scale_by_experts, key)
-    return carrier
-
-
-def flat_token_mask(
-    mask: torch.Tensor | None, leading_shape: torch.Size, layer_index: int
-) -> torch.Tensor | None:
-    """The (B*T,) bool mask of real tokens for this forward's (B, T) hidden states, or None for "all"."""
-    if mask is None:
-        return None
-    if mask.dim() != 2:
-        raise ValueError(
-            f"HyCAM layer {layer_index}: got a {mask.dim()}-D attention_mask; the balance loss and routing statistics "
-            "exclude padding and need the 2-D (batch, length) padding mask (or none, if there is no padding)"
-        )
-    batch, length = leading_shape
-    if mask.shape[0] != batch or mask.shape[1] < length:
-        raise ValueError(
-            f"HyCAM layer {layer_index}: attention_mask of shape {tuple(mask.shape)} does not cover hidden "
-            f"states of shape ({batch}, {length}); pass the 2-D padding mask given to the model."
-        )
-    # With a KV cache the mask spans past + new tokens; the hidden states are the newest ``length``.
-    return mask[:, -length:].reshape(-1).bool()
 
 
 class _GateApplication(torch.autograd.Function):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -15,111 +13,19 @@ from hycam_pl.modulation.architectures import (
     model_type_of,
     resolve_architecture,
 )
-from hycam_pl.modulation.balance import (
-    DEFAULT_BALANCE_SCOPE,
-    ForwardRecord,
-    LayerRouting,
-    differentiable_balance_loss,
-)
+from hycam_pl.modulation.balance import differentiable_balance_loss
 from hycam_pl.modulation.config import HyCAMConfig
 from hycam_pl.modulation.layer import ContextualModulation
+from hycam_pl.modulation.routing import (
+    STATE_ATTR,
+    ModulationState,
+    find_state,
+    install_forward_record,
+    is_attached,
+)
 
 ADAPTER_NAME = "hycam"
-STATE_ATTR = "_hycam_state"
 COMPONENTS = ("shared", "experts", "router")
-
-
-class ModulationState:
-    """Per-model bookkeeping: the config, the hooks to remove, what to restore on detach, the last forward."""
-
-    def __init__(self, config: HyCAMConfig, model_type: str, layer_indices: list[int]) -> None:
-        self.config = config
-        self.model_type = model_type
-        self.layer_indices = layer_indices
-        # The modules that run, by layer index: attach's, or the active adapter's under peft (hycam_pl.peft).
-        self.modules: dict[int, ContextualModulation] = {}
-        self.handles: list[Any] = []
-        self.requires_grad: dict[str, bool] = {}
-        self.norm_originals: dict[str, torch.Tensor] = {}
-        self.current: ForwardRecord | None = None
-        self.recording = True  # off inside ``without_routing_records`` (generation)
-
-    @property
-    def balance_scope(self) -> str:
-        return self.config.balance_scope or DEFAULT_BALANCE_SCOPE
-
-    def record_for_forward(self) -> ForwardRecord | None:
-        if not self.recording:
-            return None
-        if self.current is None:
-            self.current = ForwardRecord(scope=self.balance_scope)
-        return self.current
-
-    # Hooks on the module that owns the decoder layers: one record per forward of the decoder.
-    def _start_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        if self.current is not None:
-            # The previous record's anchor carries its graph, whose balance nodes hold the record: a cycle
-            # through autograd's C++ nodes that Python's collector cannot see, which kept every training
-            # step's record and graph nodes alive. Backward needs the record, not the anchor.
-            self.current.anchor = None
-        if not self.recording:
-            self.current = None
-            return
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        self.current = ForwardRecord(
-            token_mask=mask if isinstance(mask, torch.Tensor) else None,
-            grad_enabled=torch.is_grad_enabled(),
-            scope=self.balance_scope,
-        )
-
-    def _finish_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
-        hidden = getattr(output, "last_hidden_state", None)
-        if hidden is None and isinstance(output, (tuple, list)):
-            hidden = output[0]
-        if self.current is not None and isinstance(hidden, torch.Tensor) and hidden.requires_grad:
-            self.current.anchor = hidden
-
-
-class _InputsRequireGrad:
-    """Makes the embeddings' output require grad under *re-entrant* checkpointing, so re-entrant checkpoints of
-    a frozen backbone still backpropagate into the modulation (the trick of ``enable_input_require_grads``).
-    Non-re-entrant checkpointing does not need it, and is spared the extra backward through frozen layers."""
-
-    def __init__(self, first_layer: nn.Module) -> None:
-        self.first_layer = first_layer
-
-    def _reentrant(self) -> bool:
-        checkpoint = getattr(self.first_layer, "_gradient_checkpointing_func", None)
-        return bool(getattr(checkpoint, "keywords", {}).get("use_reentrant", True))
-
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if (
-            torch.is_grad_enabled()
-            and getattr(self.first_layer, "gradient_checkpointing", False)
-            and self.first_layer.training
-            and self._reentrant()
-            and output.is_floating_point()
-            and not output.requires_grad
-        ):
-            output.requires_grad_(True)
-
-
-def find_state(model: nn.Module, required: bool = True) -> ModulationState | None:
-    state = getattr(model, STATE_ATTR, None)
-    if state is None:
-        for module in model.modules():
-            state = getattr(module, STATE_ATTR, None)
-            if state is not None:
-                break
-    if state is None and required:
-        raise ValueError(
-            f"{type(model).__name__} has no HyCAM attached; call hycam_pl.attach(model, config) first"
-        )
-    return state
-
-
-def is_attached(model: nn.Module) -> bool:
-    return find_state(model, required=False) is not None
 
 
 def modulated_layers(model: nn.Module) -> dict[int, ContextualModulation]:
@@ -210,20 +116,6 @@ def attach(model: nn.Module, config: HyCAMConfig | None = None) -> nn.Module:
     return model
 
 
-def install_forward_record(
-    model: nn.Module, decoder: nn.Module, first_layer: nn.Module, state: ModulationState
-) -> None:
-    """The hooks every routed adapter shares: one routing record per decoder forward (opened and closed around
-    it), inputs that require grad from the first adapted layer on (re-entrant checkpointing), the state on the
-    decoder."""
-    state.handles.append(decoder.register_forward_pre_hook(state._start_forward, with_kwargs=True))
-    state.handles.append(decoder.register_forward_hook(state._finish_forward, with_kwargs=True))
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embeddings is not None:
-        state.handles.append(embeddings.register_forward_hook(_InputsRequireGrad(first_layer)))
-    setattr(decoder, STATE_ATTR, state)
-
-
 def detach(model: nn.Module) -> nn.Module:
     """Remove HyCAM and restore the original behaviour exactly (including norm weights and requires_grad)."""
     state = find_state(model)
@@ -261,30 +153,6 @@ def balance_loss(model: nn.Module) -> torch.Tensor:
     return differentiable_balance_loss(record, bool(state.config.balance_scale_by_experts), training)
 
 
-@contextmanager
-def without_routing_records(model: nn.Module) -> Iterator[None]:
-    """Forwards inside record no routing statistics (no balance loss, no telemetry; outputs unchanged).
-
-    For generation: nothing reads the statistics of a decoding step, and at one token per step computing them
-    costs more than the experts themselves. Models without HyCAM or a mixture are left as they are.
-    """
-    state = find_state(model, required=False)
-    if state is None:
-        yield
-        return
-    previous, state.recording = state.recording, False
-    try:
-        yield
-    finally:
-        state.recording = previous
-
-
-def routing_statistics(model: nn.Module) -> dict[int, LayerRouting]:
-    """Per modulated layer, the routing statistics of the last forward (empty for plain CAM)."""
-    state = find_state(model)
-    return dict(state.current.layers) if state.current is not None else {}
-
-
 def component_of(parameter_name: str) -> str:
     marker = f".{ADAPTER_NAME}."
     if marker in parameter_name:
@@ -292,11 +160,19 @@ def component_of(parameter_name: str) -> str:
     return "backbone"
 
 
-def count_parameters(model: nn.Module) -> dict[str, dict[str, int]]:
-    """Trainable and frozen parameter counts per component (shared, experts, router, backbone) and in total."""
-    counts = {name: {"trainable": 0, "frozen": 0} for name in (*COMPONENTS, "backbone", "total")}
+def count_parameters_by(model: nn.Module, component: Callable[[str], str]) -> dict[str, dict[str, int]]:
+    """Trainable/frozen counts per ``component(parameter name)`` and in ``total``, each tensor once (tied
+    embeddings count once): the one parameter counter of hycam_pl (methods' summaries, the README's table)."""
+    counts: dict[str, dict[str, int]] = {}
     for name, param in model.named_parameters():
         kind = "trainable" if param.requires_grad else "frozen"
-        counts[component_of(name)][kind] += param.numel()
-        counts["total"][kind] += param.numel()
+        for key in dict.fromkeys((component(name), "total")):
+            counts.setdefault(key, {"trainable": 0, "frozen": 0})[kind] += param.numel()
+    counts["total"] = counts.pop("total", {"trainable": 0, "frozen": 0})
     return counts
+
+
+def count_parameters(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Trainable and frozen parameter counts per component (shared, experts, router, backbone) and in total."""
+    zero = {name: {"trainable": 0, "frozen": 0} for name in (*COMPONENTS, "backbone")}
+    return {**zero, **count_parameters_by(model, component_of)}

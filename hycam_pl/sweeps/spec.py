@@ -7,15 +7,15 @@ A sweep file is YAML::
     output: runs/sweeps/experts                # optional, default: runs/sweeps/<name>
     overrides: {trainer.max_steps: 200}        # optional, dotted keys applied to every trial
     grid:                                      # dotted key -> values; the trials are the cross product
-      model.hycam.num_experts: [1, 2, 4]
+      model.method.num_experts: [0, 1, 2, 4]   # (init_args implied under a class_path)
     variants:                                  # optional named sets of overrides, crossed with the grid
       hycam: {}
-      lora_matched: {model.method: lora, model.method_options: {match_parameters: true}}
+      other: {model.method: <name>}            # switching method is one key
     seeds: [0, 1, 2]                           # seed_everything and data.seed of each trial
     metrics: [macro/task_score, macro/loss]    # <task>/<metric> from each trial's results.json
     resources: {cpu: 1, gpu: 0}                # per trial, as Ray Tune schedules them
     max_concurrent: 2                          # optional cap on trials running at once
-    plot_x: model.hycam.num_experts            # optional: the grid key on the plots' x axis
+    plot_x: model.method.num_experts           # optional: the grid key on the plots' x axis
     compare_to: hycam                          # optional: a variant or grid value every other group is paired with
     select: model.learning_rate                # optional: choose this grid key's value per variant on validation
     select_from: runs/sweeps/lr/selection.json # optional: take a key's value per variant from such a selection
@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hycam_pl.methods.legacy import retired_options_error
 
 SWEEP_KEYS = (
     "name",
@@ -416,6 +418,9 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
         selected_key=selected_key,
     )
     for trial in spec.trials():  # every override must apply to the merged configs
+        retired = retired_options_error(trial.config.get("model"), f"{path}: trial {trial.id}")
+        if retired:
+            raise SweepError(retired)
         try:
             trial_config(trial.config, spec.output / trial.id)
         except SweepError as error:
@@ -483,7 +488,7 @@ def _dotted_mapping(value: Any, fail: Any, where: str) -> dict[str, Any]:
 
 def _check_dotted(key: Any, fail: Any, where: str) -> None:
     if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
-        raise fail(where, f"{key!r} is not a dotted config key like model.hycam.num_experts")
+        raise fail(where, f"{key!r} is not a dotted config key like model.method.num_experts")
     if key.split(".")[0] not in CONFIG_SECTIONS:
         raise fail(
             f"{where}.{key}",
@@ -601,6 +606,8 @@ def _apply(config: dict[str, Any], key: str, value: Any, sweep_path: Path, where
 
 def _merged_value(old: Any, value: Any) -> Any:
     if isinstance(old, dict) and isinstance(value, Mapping):
+        if "class_path" in old and "class_path" in value and old["class_path"] != value["class_path"]:
+            return copy.deepcopy(dict(value))  # another class: the old one's init_args do not apply
         return deep_merge(old, value)
     return copy.deepcopy(value)
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from hycam_pl.modulation import HyCAMConfig
+from hycam_pl.methods.base import method_classes
 
 TRUST_ENV = "HYCAM_TRUST_CHECKPOINT_CODE"  # "1": DeepSpeed folders that fail validation are read anyway
 CKPT_SUFFIX = ".ckpt"
@@ -50,14 +50,13 @@ LIGHTNING_META = "meta.pt"  # Lightning's non-tensor state beside a distributed 
 # checkpoint is refused: its metadata sizes are allocated before any data is read.
 DECLARED_SLACK_BYTES = 64 << 20
 
-# The non-tensor types Lightning and hycam_pl write into checkpoints (hyper-parameters may hold paths and
-# configs; ModelCheckpoint's state a timedelta; Lightning's AttributeDict). Each is constructed only from
-# plain data, and none runs code when built. Strings are resolved lazily (optional packages).
+# The non-tensor types Lightning and hycam_pl write into checkpoints (hyper-parameters may hold paths; a
+# method's options are plain data, see AdaptationMethod.spec; ModelCheckpoint's state a timedelta; Lightning's
+# AttributeDict). Each is constructed only from plain data, and none runs code when built. Strings are resolved lazily (optional packages).
 _CHECKPOINT_GLOBAL_NAMES = (
     "lightning.fabric.utilities.data.AttributeDict",
     "lightning.pytorch.utilities.parsing.AttributeDict",
     "jsonargparse._namespace.Namespace",
-    "hycam_pl.modulation.mixture.MixtureConfig",
     # DeepSpeed's own state in its model/optimizer files (loss scaling, ZeRO stage).
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
@@ -71,7 +70,6 @@ _PLAIN_GLOBALS: tuple[Any, ...] = (
     pathlib.PureWindowsPath,
     argparse.Namespace,
     datetime.timedelta,
-    HyCAMConfig,
 )
 _DISTRIBUTED_METADATA_CLASSES = {
     ("torch.distributed.checkpoint.metadata", name)
@@ -109,6 +107,8 @@ def checkpoint_globals() -> list[Any]:
             found.append(getattr(importlib.import_module(module), attribute))
         except (ImportError, AttributeError):
             continue  # an optional package that is not installed: its types cannot be in our checkpoints
+    # Plain-data config classes methods declare (hyper-parameters of earlier releases held them).
+    found.extend(t for cls in method_classes() for t in cls.checkpoint_types if t not in found)
     return found
 
 

@@ -1,8 +1,7 @@
 """``hycam export CKPT OUT_DIR``: the portable adapter folder from any strategy's checkpoint.
 
 A checkpoint holds the trainable weights (full tensors, gathered on save) and the hyper-parameters; the adapter
-is written by the method's own ``save`` (safetensors + JSON for ``hycam``/``cam``/``molora``/``hydralora``, a peft
-folder for ``lora``/``dora``/``ia3``) from a model whose frozen backbone is never loaded: it is built on the meta
+is written by the method's own ``save`` from a model whose frozen backbone is never loaded: it is built on the meta
 device and only the trainable tensors are put in. Lightning's distributed checkpoint folders (FSDP2 with
 ``save_distributed_checkpoint: true``) and DeepSpeed checkpoint folders are consolidated first.
 """
@@ -10,7 +9,6 @@ device and only the trainable tensors are put in. Lightning's distributed checkp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -21,10 +19,11 @@ from typing import Any
 import torch
 
 from hycam_pl.io import place_staged_folder
-from hycam_pl.methods.peft_methods import METHOD_FILE
-from hycam_pl.modulation.persistence import CONFIG_FILE, check_size_limits
-from hycam_pl.modulation.persistence import PEFT_TYPE as HYCAM_PEFT_TYPE
+from hycam_pl.methods import upgrade_hparams
+from hycam_pl.methods.base import adapter_kind
+from hycam_pl.training.adapters import write_adapter
 from hycam_pl.training.checkpoints import TRUST_ENV, read_checkpoint
+from hycam_pl.training.module import MultiTaskLM
 from hycam_pl.training.resume import check_writable
 from hycam_pl.training.sharding import deferred_build
 from hycam_pl.training.validation import report_user_errors
@@ -34,39 +33,12 @@ USAGE = "hycam export CKPT OUT_DIR: write the adapter folder of a training check
 
 def module_from_checkpoint(checkpoint: dict[str, Any]):
     """A ``MultiTaskLM`` with the checkpoint's hyper-parameters; its backbone is not built (lazy)."""
-    from hycam_pl.training import MultiTaskLM
-
     hparams = checkpoint.get("hyper_parameters")
     if not hparams:
         raise ValueError("the checkpoint has no hyper_parameters; was it saved by hycam fit?")
+    hparams = upgrade_hparams(hparams)
     with deferred_build():
         return MultiTaskLM(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-
-
-def write_adapter(module: Any, trainable: dict[str, torch.Tensor], directory: str | os.PathLike) -> Path:
-    """The method's adapter folder from ``{"model.<name>": tensor}`` trainable weights, without the backbone's."""
-    if not module.method.exports_adapter:
-        raise ValueError(
-            f"model.method={module.hparams.method!r} trains the whole model and has no adapter to export; "
-            "use the checkpoint itself"
-        )
-    # Sizes in the checkpoint's hyper-parameters are bounded before anything is built from them (they also
-    # hold options the method ignores, e.g. model.hycam beside a LoRA, so they are not matched to the tensors).
-    check_size_limits(dict(module.hparams), "the checkpoint's hyper_parameters")
-    model = module.build_model(structure_only=True)  # meta device: no backbone weights read or allocated
-    wanted = {n for n, p in model.named_parameters() if p.requires_grad}
-    state = {k.removeprefix("model."): v for k, v in trainable.items()}
-    missing = sorted(wanted - set(state))
-    if missing:
-        raise ValueError(
-            f"the checkpoint lacks {len(missing)} trainable tensors of model.method={module.hparams.method!r} "
-            f"(e.g. {missing[:3]}); was it saved by this method and hycam config?"
-        )
-    model.load_state_dict({k: state[k] for k in wanted}, strict=False, assign=True)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in wanted)
-    module.method.save(model, str(directory))
-    return Path(directory)
 
 
 def export(checkpoint_path: str | os.PathLike, directory: str | os.PathLike) -> Path:
@@ -90,25 +62,6 @@ def check_export_target(target: Path) -> None:
     check_writable("hycam export OUT_DIR", target)
 
 
-def adapter_format(folder: Path) -> str | None:
-    """What kind of adapter folder ``folder`` holds, from the files every method's ``save`` writes: a peft
-    folder (``hycam_method.json`` names the method), a HyCAM/CAM folder (``peft_type: HYCAM``, or the earlier
-    ``hycam_config``) or a LoRA-mixture folder (``mixture_config``); None when it holds no adapter."""
-    method_file, config_file = folder / METHOD_FILE, folder / CONFIG_FILE
-    try:
-        if method_file.is_file():
-            return f"peft {json.loads(method_file.read_text(encoding='utf-8')).get('method')}"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-            if isinstance(config, dict) and config.get("peft_type") == HYCAM_PEFT_TYPE:
-                return "hycam"  # HyCAM/CAM folders are peft folders of hycam_pl's registered peft method
-            keys = [k for k in ("hycam_config", "mixture_config") if isinstance(config, dict) and k in config]
-            return keys[0].removesuffix("_config") if keys else "unknown"
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return "unknown"
-    return None
-
-
 def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: Path) -> Path:
     """The adapter written into a fresh staging folder, then moved into ``target``: a new folder is renamed into
     place whole; an existing one must be empty or hold a previous export of the same kind, and only the files
@@ -124,7 +77,7 @@ def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: 
             return place_staged_folder(staged, target)
         others = sorted(p.name for p in target.iterdir() if p != staging)
         if others:
-            previous, new = adapter_format(target), adapter_format(staged)
+            previous, new = adapter_kind(target), adapter_kind(staged)
             if previous is None:
                 shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
                 raise ValueError(
@@ -136,7 +89,8 @@ def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: 
                     f"hycam export: {target} holds a {previous} adapter, this checkpoint's is {new}; export "
                     "into a new or empty folder (nothing was written or deleted)"
                 )
-        place_staged_folder(staged, target, last=(CONFIG_FILE,))  # the config (checksum) last
+        index = module.method.adapter_index_file  # the file naming and checking the others: last
+        place_staged_folder(staged, target, last=(index,) if index else ())
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -41,3 +43,37 @@ def task_loss_terms(
         scored = tokens > 0
         return (nll_sum[scored] / tokens[scored]).sum(), scored.sum()
     raise ValueError(f"loss_reduction={reduction!r} is invalid; allowed: {', '.join(LOSS_REDUCTIONS)}")
+
+
+def step_share(
+    batch: dict[str, torch.Tensor],
+    nll_sum: torch.Tensor,
+    tokens: torch.Tensor,
+    reduction: str,
+    trainer: Any = None,
+) -> torch.Tensor:
+    """This micro-batch's summed loss divided by the count of its whole optimizer step, times the
+    ``accumulate * world`` (of ``trainer``, or 1 without one) that Lightning (dividing each micro-batch by ``accumulate_grad_batches``) and DDP
+    (averaging over ranks) divide by: the step's gradient is then exactly that of the objective over all its
+    examples, however they are split into micro-batches and ranks.
+
+    The step's count comes with the batch (``loss_tokens``/``loss_examples``, from the datamodule's sampler,
+    which knows every rank's micro-batches in advance). Without it, a step of one micro-batch per rank still
+    works (the count is summed over ranks here); accumulation needs it.
+    """
+    total, count = task_loss_terms(nll_sum, tokens, reduction)
+    accumulate, world = (
+        (int(trainer.accumulate_grad_batches), int(trainer.world_size)) if trainer is not None else (1, 1)
+    )
+    key = "loss_tokens" if reduction == "token" else "loss_examples"
+    if key in batch:
+        count = batch[key]
+    elif accumulate > 1:
+        raise ValueError(
+            "gradient accumulation needs the token counts of each optimizer step, which batches from "
+            "MultiTaskDataModule carry (loss_tokens/loss_examples); these batches have none"
+        )
+    elif world > 1 and torch.distributed.is_initialized():
+        count = count.detach().clone()
+        torch.distributed.all_reduce(count)
+    return total * (accumulate * world / count.clamp_min(1).to(total.dtype))

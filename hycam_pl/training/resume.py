@@ -4,9 +4,9 @@ Why: LightningCLI's ``--ckpt_path`` re-parses the checkpoint's saved hyper-param
 ``model.*`` options, and restoring the optimizer and scheduler brings back the old learning rates, so a
 changed option silently vanished. Here the user's configuration always wins, with two kinds of options:
 
-- options that define the trained weights (:data:`FIXED_OPTIONS`: method, HyCAM structure, backbone, its
-  initialisation, and the backbone dtype when training) must equal the checkpoint's or the run stops with one
-  ``error:`` line naming the option and both values;
+- options that define the trained weights (:data:`FIXED_OPTIONS`: the method's class and the options it names
+  in ``structure()``, the backbone, its initialisation, and the backbone dtype when training) must equal the
+  checkpoint's or the run stops with one ``error:`` line naming the option and both values;
 - every other option takes effect; the optimizer's learning rates, weight decay and betas and the scheduler's
   base rates are rewritten after Lightning restored them (:func:`apply_optimizer_options`), and each change is
   logged.
@@ -26,7 +26,6 @@ import re
 import socket
 import tempfile
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,8 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from hycam_pl.backbone import config_from_dict
-from hycam_pl.methods import build_method
-from hycam_pl.modulation import HyCAMConfig
+from hycam_pl.methods import DEFAULT_METHOD, resolve_method, upgrade_hparams
+from hycam_pl.methods.base import plain
 from hycam_pl.training.checkpoints import CKPT_SUFFIX, is_checkpoint_folder, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -44,25 +43,11 @@ LAST_PATTERN = re.compile(r"^last(-(\d+))?$")  # Lightning's ModelCheckpoint nam
 SPECIAL_CKPT_PATHS = ("best", "hpc")
 EVAL_STAGES = ("validate", "test", "predict")
 
-# HyCAM fields that fix the trained tensors or their meaning; the others (tau, hard, eval_routing,
-# balance_coef, balance_scale_by_experts) are training/evaluation settings and may change.
-HYCAM_STRUCTURE = (
-    "num_experts",
-    "rank",
-    "alpha",
-    "bias",
-    "shared",
-    "apply_to",
-    "layers",
-    "train_norms",
-    "dtype",
-)
-FIXED_OPTIONS = ("method", "backbone", "init_seed", "dtype", *(f"hycam.{f}" for f in HYCAM_STRUCTURE))
+# Options outside the method that fix the trained weights (the method says which of its own do: ``structure``).
+FIXED_OPTIONS = ("method", "backbone", "init_seed", "dtype")
 # Options that only matter while training: not reported as changes when evaluating.
 TRAINING_OPTIONS = (
     "learning_rate",
-    "shared_lr",
-    "expert_lr",
     "weight_decay",
     "betas",
     "warmup_ratio",
@@ -87,10 +72,6 @@ def _get(namespace: Any, key: str, default: Any = None) -> Any:
         value = namespace.get(key, default)
         return default if value is None else value
     return getattr(namespace, key, default)
-
-
-def _plain(value: Any) -> Any:
-    return value.as_dict() if hasattr(value, "as_dict") and callable(value.as_dict) else value
 
 
 def _first_logger(trainer: Any) -> Any:
@@ -138,7 +119,7 @@ def _checkpoint_callbacks(trainer: Any) -> list[Any]:
         except (ImportError, AttributeError, ValueError):
             continue
         if isinstance(cls, type) and issubclass(cls, ModelCheckpoint):
-            found.append(_plain(_get(callback, "init_args", {})) or {})
+            found.append(plain(_get(callback, "init_args", {})) or {})
     if not found and _get(trainer, "enable_checkpointing", True):
         found.append({})  # Lightning adds a default ModelCheckpoint
     return found
@@ -264,18 +245,15 @@ def check_output_directories(section: Any, subcommand: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- options vs checkpoint
-def _effective_hycam(method: Any, values: Any) -> HyCAMConfig | None:
-    values = _plain(values)
-    if isinstance(values, Mapping) and "init_args" in values:
-        values = values["init_args"]
-    config = HyCAMConfig.from_dict(dict(values)) if isinstance(values, Mapping) else values
-    try:
-        effective = getattr(build_method(str(method), hycam=config), "config", None)
-    except (TypeError, ValueError):
-        effective = config
-    # Only HyCAM's own config: other methods' configs (the mixtures' MixtureConfig) have other fields, and
-    # their weight-defining options are checked by the tensor shapes on load.
-    return effective if isinstance(effective, HyCAMConfig) else None
+def _methods(configured: Mapping[str, Any], saved: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(checkpoint's method, this run's method), each built from its ``model.method``."""
+    return resolve_method(saved.get("method", DEFAULT_METHOD)), resolve_method(
+        configured.get("method", DEFAULT_METHOD)
+    )
+
+
+def _method_label(method: Any) -> str:
+    return method.spec()["class_path"]
 
 
 def _same_backbone_value(key: str, saved: dict[str, Any], configured: dict[str, Any]) -> bool:
@@ -302,11 +280,11 @@ def option_conflicts(configured: Mapping[str, Any], saved: Mapping[str, Any], su
     def differ(option: str, old: Any, new: Any) -> None:
         conflicts.append(f"model.{option}: checkpoint {old!r} vs this run {new!r}")
 
-    old_method, new_method = saved.get("method", "hycam"), configured.get("method", "hycam")
-    if old_method != new_method:
-        differ("method", old_method, new_method)
+    old_method, new_method = _methods(configured, saved)
+    if type(old_method) is not type(new_method):
+        differ("method", _method_label(old_method), _method_label(new_method))
         return conflicts
-    old_backbone, new_backbone = _plain(saved.get("backbone")), _plain(configured.get("backbone"))
+    old_backbone, new_backbone = plain(saved.get("backbone")), plain(configured.get("backbone"))
     if isinstance(old_backbone, Mapping) and isinstance(new_backbone, Mapping):
         old_backbone, new_backbone = dict(old_backbone), dict(new_backbone)
         for key in sorted(set(old_backbone) | set(new_backbone)):
@@ -318,22 +296,18 @@ def option_conflicts(configured: Mapping[str, Any], saved: Mapping[str, Any], su
         differ("backbone", old_backbone, new_backbone)
     if subcommand == "fit" and saved.get("dtype", "float32") != configured.get("dtype", "float32"):
         differ("dtype", saved.get("dtype", "float32"), configured.get("dtype", "float32"))
-    old_hycam = _effective_hycam(old_method, saved.get("hycam"))
-    new_hycam = _effective_hycam(new_method, configured.get("hycam"))
-    if (old_hycam is None) != (new_hycam is None):
-        differ("hycam", saved.get("hycam"), _plain(configured.get("hycam")))
-    elif old_hycam is not None and new_hycam is not None:
-        for name in HYCAM_STRUCTURE:
-            a, b = getattr(old_hycam, name), getattr(new_hycam, name)
-            if a != b:
-                differ(f"hycam.{name}", a, b)
+    old_structure, new_structure = old_method.structure(), new_method.structure()
+    for name in sorted(set(old_structure) | set(new_structure)):
+        a, b = old_structure.get(name), new_structure.get(name)
+        if _plain_value(a) != _plain_value(b):
+            differ(f"method.{name}", a, b)
     return conflicts
 
 
 def changed_options(configured: Mapping[str, Any], saved: Mapping[str, Any], subcommand: str) -> list[str]:
     """``model.<option>: <old> -> <new>`` for each option that may change and did (stage-relevant only)."""
     changes: list[str] = []
-    skip = {"method", "backbone", "hycam", "init_seed", *IGNORED_OPTIONS} | (
+    skip = {"method", "backbone", "init_seed", *IGNORED_OPTIONS} | (
         {"dtype"} if subcommand == "fit" else set()
     )
     if subcommand != "fit":
@@ -341,19 +315,18 @@ def changed_options(configured: Mapping[str, Any], saved: Mapping[str, Any], sub
     for key in sorted(set(saved) | set(configured)):
         if key in skip or key.startswith("_"):
             continue
-        old, new = _plain(saved.get(key)), _plain(configured.get(key))
+        old, new = plain(saved.get(key)), plain(configured.get(key))
         if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
             old, new = list(old), list(new)
         if old != new:
             changes.append(f"model.{key}: {old!r} -> {new!r}")
-    old_hycam = _effective_hycam(saved.get("method", "hycam"), saved.get("hycam"))
-    new_hycam = _effective_hycam(configured.get("method", "hycam"), configured.get("hycam"))
-    if old_hycam is not None and new_hycam is not None:
-        for f in fields(HyCAMConfig):
-            if f.name not in HYCAM_STRUCTURE and getattr(old_hycam, f.name) != getattr(new_hycam, f.name):
-                changes.append(
-                    f"model.hycam.{f.name}: {getattr(old_hycam, f.name)!r} -> {getattr(new_hycam, f.name)!r}"
-                )
+    old_method, new_method = _methods(configured, saved)
+    if type(old_method) is type(new_method):
+        structure = set(old_method.structure())
+        old_args, new_args = old_method.init_args, new_method.init_args
+        for name in sorted((set(old_args) | set(new_args)) - structure):
+            if _plain_value(old_args.get(name)) != _plain_value(new_args.get(name)):
+                changes.append(f"model.method.{name}: {old_args.get(name)!r} -> {new_args.get(name)!r}")
     return changes
 
 
@@ -364,6 +337,7 @@ def check_options_fit_checkpoint(
     saved = checkpoint.get("hyper_parameters") or {}
     if not saved:
         return  # not written by MultiTaskLM's save_hyperparameters: the tensor checks still apply on load
+    saved = upgrade_hparams(saved, f"--ckpt_path {path}")
     conflicts = option_conflicts(configured, saved, subcommand)
     if conflicts:
         raise ValueError(
@@ -373,6 +347,38 @@ def check_options_fit_checkpoint(
     changes = changed_options(configured, saved, subcommand)
     if changes:
         log.warning("options changed since checkpoint %s take effect: %s", path, "; ".join(changes))
+
+
+def _plain_value(value: Any) -> Any:
+    value = plain(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_checkpoint_fits(
+    trainable: set[str],
+    known: set[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    checkpoint: Mapping[str, Any],
+) -> None:
+    """Refuse a checkpoint whose tensors do not fit the model (``trainable``/``known``: the module's trainable
+    and all state keys; ``shapes``: their logical shapes) with one line, not torch's size-mismatch traceback."""
+    state = checkpoint.get("state_dict")
+    if state is None:  # a sharded strategy loaded the weights itself (and popped them)
+        return
+    missing = sorted(trainable - set(state))
+    unexpected = sorted(set(state) - known)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not fit this model: {len(missing)} trainable tensors missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+            "was it trained with a different model.method or model.backbone?"
+        )
+    reshaped = shape_mismatches(shapes, state)
+    if reshaped:
+        raise ValueError(
+            f"checkpoint does not fit this model: {len(reshaped)} tensors have other shapes (e.g. "
+            f"{'; '.join(reshaped[:2])}); was it trained with different model.method options or model.backbone?"
+        )
 
 
 def shape_mismatches(
@@ -416,7 +422,7 @@ def prepare_checkpoint(section: Any, subcommand: str) -> Path | None:
     else:
         path = Path(ckpt_path)
     checkpoint = read_checkpoint(path, "--ckpt_path")
-    model = _plain(_get(section, "model", {})) or {}
+    model = plain(_get(section, "model", {})) or {}
     check_options_fit_checkpoint(model, checkpoint, path, subcommand)
     section["ckpt_path"] = str(path)
     if subcommand == "fit" and LAST_PATTERN.match(path.stem):

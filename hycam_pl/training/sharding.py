@@ -37,6 +37,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from hycam_pl.backbone import DTYPES, backbone_config
+from hycam_pl.training.adapters import write_adapter
 from hycam_pl.training.checkpoints import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -506,8 +507,6 @@ def save_fit_adapter(module: Any, directory: str) -> None:
         if trainer.is_global_zero:
             module.method.save(module.model, directory)
         return
-    from hycam_pl.training.export import write_adapter
-
     state = trainable_state_dict(module, keep=trainer.is_global_zero)
     if trainer.is_global_zero:
         write_adapter(module, state, directory)

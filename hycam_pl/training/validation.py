@@ -1,11 +1,10 @@
 """Fail fast and readably: configuration checks before any model is built, data checks before any run
 directory exists, and a one-line ``error: ...`` at the command line instead of a traceback.
 
-Why a separate module: the checks already live where the objects are built (``HyCAMConfig``, ``build_method``,
-``attach``, the data loaders); here they are *run earlier* and their messages are *surfaced* without the
-LightningCLI/jsonargparse wrapping. Nothing here re-implements a rule that the library enforces elsewhere
-except the two that need the backbone's weights today (rank vs hidden size, layer range), which are checked
-from the backbone's config alone so a 7B model is not loaded only to be rejected.
+Why a separate module: the checks already live where the objects are built (the method's constructor and its
+``check_backbone``/``check_adapter``, the data loaders); here they are *run earlier* and their messages are
+*surfaced* without the LightningCLI/jsonargparse wrapping. The backbone is described by its config alone, so a
+7B model is not loaded only to be rejected.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,8 @@ from torch import nn
 
 import hycam_pl
 from hycam_pl.backbone import backbone_config
-from hycam_pl.methods import build_method
-from hycam_pl.modulation import HyCAMConfig, find_state, is_attached, load_adapter, read_adapter_config
-from hycam_pl.modulation.model import resolve_layer_indices
-from hycam_pl.modulation.persistence import identity_mismatches
+from hycam_pl.methods import DEFAULT_METHOD, resolve_method
+from hycam_pl.methods.base import plain
 
 EXIT_BAD_INPUT = 2  # bad configuration or data: fix the input, retrying will not help
 EXIT_DIVERGED = 3  # training stopped after too many non-finite steps: resume from a checkpoint with changes
@@ -96,117 +92,24 @@ def report_user_errors() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------- configuration, before any model
-def validate_cli_config(config: Any, subcommand: str | None) -> None:
-    """Check the parsed ``hycam`` config (a jsonargparse Namespace) before LightningCLI instantiates anything."""
-    section = config[subcommand] if subcommand else config
-    from hycam_pl.training.sharding import check_strategy  # imports Lightning's strategies: only here
-
-    check_strategy(_plain(section.get("trainer") if hasattr(section, "get") else None))
-    model = _plain(section.get("model") if hasattr(section, "get") else None)
-    if isinstance(model, Mapping):
-        validate_model_options(model.get("init_args", model))
-
-
 def validate_model_options(options: Mapping[str, Any]) -> None:
-    """Every ``model.*`` check that needs no weights: method, HyCAM options, their fit to the backbone's config,
-    and a ``model.adapter`` directory's fit to both. Raises ``ValueError``/``FileNotFoundError`` naming the option.
-    """
-    options = _plain(options)
-    method_name = options.get("method", "hycam")
-    hycam_values = options.get("hycam")
-    hycam = None
-    if hycam_values is not None:
-        hycam = _hycam_config(hycam_values)
-    # unknown method, cam with experts: the module's own checks and messages
-    method = build_method(method_name, hycam=hycam, method_options=_plain(options.get("method_options")))
-    config = getattr(method, "config", None)
-    config = config if isinstance(config, HyCAMConfig) else None  # other methods check their own options
+    """Every ``model.*`` check that needs no weights: the method's options (checked by its constructor), their
+    fit to the backbone's config, and a ``model.adapter`` directory's fit to both (the method's own checks).
+    Raises ``ValueError``/``FileNotFoundError`` naming the option."""
+    options = plain(options)
+    method = resolve_method(options.get("method", DEFAULT_METHOD))
     backbone = _backbone_config(options.get("backbone"))
-    if config is not None and backbone is not None:
-        hidden, num_layers = backbone["hidden_size"], backbone["num_hidden_layers"]
-        if hidden is not None and config.num_experts and config.rank > hidden:
-            raise ValueError(
-                f"model.hycam.rank={config.rank} exceeds the hidden_size={hidden} of model.backbone; "
-                f"use a rank <= {hidden}"
-            )
-        if num_layers is not None:
-            try:
-                resolve_layer_indices(config, num_layers)
-            except ValueError as error:
-                raise ValueError(f"model.hycam.layers: {error}") from None
+    if backbone is not None:
+        method.check_backbone(backbone)
     adapter = options.get("adapter")
     if adapter is not None:
-        check_adapter_option(adapter, config, backbone)
-
-
-def check_adapter_option(
-    directory: str | os.PathLike, config: HyCAMConfig | None, backbone: Mapping[str, Any] | None
-) -> None:
-    """``model.adapter`` must be a saved adapter of this base model with this HyCAM configuration."""
-    if config is None:
-        raise ValueError(f"model.adapter={str(directory)!r} needs model.method 'hycam' or 'cam'")
-    try:
-        meta = read_adapter_config(directory)
-    except (FileNotFoundError, ValueError) as error:
-        raise type(error)(f"model.adapter: {error}") from None
-    if backbone is not None:
-        saved = meta["base_model"]
-        mismatched = identity_mismatches(saved, backbone, "model.backbone")
-        if mismatched:
-            raise ValueError(
-                f"model.adapter={str(directory)!r} was trained on a different base model "
-                f"({saved.get('name_or_path') or 'unnamed'}): " + "; ".join(mismatched)
-            )
-    differences = config_differences(meta["config"], config)
-    if differences:
-        raise ValueError(
-            f"model.adapter={str(directory)!r} was saved with a different HyCAM configuration than "
-            f"model.hycam ({'; '.join(differences)}); set model.hycam to the adapter's values"
-        )
-
-
-def config_differences(saved: HyCAMConfig, configured: HyCAMConfig) -> list[str]:
-    return [
-        f"{f.name}: adapter {getattr(saved, f.name)!r} vs model.hycam {getattr(configured, f.name)!r}"
-        for f in fields(HyCAMConfig)
-        if getattr(saved, f.name) != getattr(configured, f.name)
-    ]
-
-
-def load_initial_adapter(model: nn.Module, directory: str | os.PathLike) -> None:
-    """Load ``model.adapter`` into a model that ``MultiTaskLM`` has already attached HyCAM to.
-
-    Why not call :func:`hycam_pl.load_adapter` directly: its errors speak to library users ("call detach
-    first"); this names the ``model.adapter`` option and says what to change in the config.
-    """
-    config = find_state(model).config if is_attached(model) else None
-    if not isinstance(config, HyCAMConfig):  # the other methods' adapters load with ``method.load``
-        raise ValueError(f"model.adapter={str(directory)!r} needs model.method 'hycam' or 'cam'")
-    check_adapter_option(directory, config, None)
-    try:
-        load_adapter(model, directory)
-    except (FileNotFoundError, ValueError) as error:
-        raise type(error)(f"model.adapter: {error}") from None
-
-
-def _hycam_config(values: Any) -> HyCAMConfig:
-    if isinstance(values, HyCAMConfig):
-        return values
-    values = _plain(values)
-    if isinstance(values, Mapping) and "init_args" in values:
-        values = values["init_args"]
-    if not isinstance(values, Mapping):
-        raise ValueError(f"model.hycam must be a mapping of HyCAM options, got {values!r}")
-    try:
-        return HyCAMConfig.from_dict(dict(values))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"model.hycam: {error}") from None
+        method.check_adapter(str(adapter), backbone)
 
 
 def _backbone_config(source: Any) -> dict[str, Any] | None:
     """hidden size, layer count, vocabulary and type from the backbone's *config* only (never its weights);
     None when that needs the network (a hub name not in the cache): the model loader reports that itself."""
-    source = _plain(source)
+    source = plain(source)
     config = backbone_config(dict(source) if isinstance(source, Mapping) else source)
     if config is None:
         return None
@@ -217,13 +120,6 @@ def _backbone_config(source: Any) -> dict[str, Any] | None:
         "num_hidden_layers": getattr(text, "num_hidden_layers", None),
         "vocab_size": getattr(text, "vocab_size", None),
     }
-
-
-def _plain(value: Any) -> Any:
-    """jsonargparse Namespaces to dicts (recursively), everything else unchanged."""
-    if hasattr(value, "as_dict") and callable(value.as_dict):
-        return value.as_dict()
-    return value
 
 
 # ------------------------------------------------------------------------ data, before any run directory

@@ -96,6 +96,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
         fit_dir=fit_dir,
         test_dir=test_dir,
         test_stdout=hycam_result.stdout,
-        num_experts=loaded["model"]["hycam"]["num_experts"],
+        num_experts=loaded["model"]["method"]["init_args"]["num_experts"],
         num_layers=loaded["model"]["backbone"]["num_hidden_layers"],
     )

@@ -6,7 +6,7 @@ import pytest
 
 from hycam_pl.callbacks import ComponentSummary, RoutingTelemetry
 from hycam_pl.data import MultiTaskDataModule
-from hycam_pl.modulation import HyCAMConfig
+from hycam_pl.methods import HyCAMMethod
 from hycam_pl.training import MultiTaskLM
 from tests.evaluation.helpers import read_events, tiny_trainer
 from tests.tiny import tiny_byte_llama
@@ -15,14 +15,14 @@ BACKBONE = tiny_byte_llama()
 
 
 @pytest.mark.parametrize(
-    "method, hycam, has_router",
+    "name, method, has_router",
     [
-        ("full", None, False),
-        ("cam", HyCAMConfig(num_experts=0), False),
-        ("hycam", HyCAMConfig(2, rank=4), True),
+        ("full", "full", False),
+        ("cam", "cam", False),
+        ("hycam", HyCAMMethod(num_experts=2, rank=4), True),
     ],
 )
-def test_callbacks_follow_the_method(tmp_path, capsys, method, hycam, has_router):
+def test_callbacks_follow_the_method(tmp_path, capsys, name, method, has_router):
     data = MultiTaskDataModule(
         tasks=[
             {"name": t, "source": "synthetic", "path": t, "num_examples": 20} for t in ("arithmetic", "qa")
@@ -30,7 +30,7 @@ def test_callbacks_follow_the_method(tmp_path, capsys, method, hycam, has_router
         batch_size=2,
         cache_dir=None,
     )
-    module = MultiTaskLM(BACKBONE, method=method, hycam=hycam, learning_rate=1e-3)
+    module = MultiTaskLM(BACKBONE, method=method, learning_rate=1e-3)
     callbacks = [RoutingTelemetry(every_n_steps=1), ComponentSummary()]
     trainer = tiny_trainer(tmp_path, callbacks, max_steps=2, limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=data)
@@ -40,4 +40,4 @@ def test_callbacks_follow_the_method(tmp_path, capsys, method, hycam, has_router
     if has_router:
         assert {"router/task/arithmetic/expert_1", "router/task/qa/expert_0"} <= set(router)
     assert "model/params/total/trainable" in tags["scalars"]
-    assert f"hycam_pl model summary ({method})" in capsys.readouterr().out
+    assert f"hycam_pl model summary ({name})" in capsys.readouterr().out

@@ -63,7 +63,8 @@ def test_gguf_file_loads_model_and_tokenizer_once_then_from_the_cache(tiny_file,
     assert len(load_tokenizer(str(tiny_file))) == 263
     # the checks before loading read the same folder: a HyCAM rank above the hidden size is refused by name
     with pytest.raises(ValueError, match=f"rank=64 exceeds the hidden_size={HIDDEN}"):
-        validate_model_options({"backbone": str(tiny_file), "method": "hycam", "hycam": {"rank": 64}})
+        method = {"class_path": "hycam_pl.methods.HyCAMMethod", "init_args": {"rank": 64}}
+        validate_model_options({"backbone": str(tiny_file), "method": method})
 
 
 @pytest.mark.parametrize("damage", ["truncated", "same_size_edit", "no_manifest", "file_missing"])

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from hycam_pl.methods import build_method
 from hycam_pl.methods.peft_methods import target_linears
 from hycam_pl.modulation import AdapterError
+from tests.methods.helpers import build
 from tests.modulation.conftest import FAMILIES, batch, tiny_model
 
 PEFT = ("lora", "dora", "ia3")
@@ -47,7 +47,7 @@ def expected_count(method: str, model: nn.Module) -> int:
 
 
 def apply(method: str, model: nn.Module, **options) -> tuple[object, nn.Module]:
-    built = build_method(method, method_options={**OPTIONS[method], **options})
+    built = build(method, **{**OPTIONS[method], **options})
     return built, built.apply(model)
 
 
@@ -115,9 +115,7 @@ def test_saved_adapter_reloads_exactly_and_refuses_another_base(tmp_path, method
         assert isinstance(plain, peft.PeftModel)
     input_ids, mask = batch(vocab=96)
     model.eval()
-    fresh = build_method(method, method_options=OPTIONS[method]).load(
-        tiny_model(family), str(tmp_path / "adapter")
-    )
+    fresh = build(method, **OPTIONS[method]).load(tiny_model(family), str(tmp_path / "adapter"))
     fresh.eval()
     with torch.no_grad():
         expected = model(input_ids=input_ids, attention_mask=mask).logits
@@ -130,24 +128,28 @@ def test_saved_adapter_reloads_exactly_and_refuses_another_base(tmp_path, method
 
 
 def test_options_are_validated_before_any_model() -> None:
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['rank'\] for model.method='lora'"):
-        build_method("lora", method_options={"rank": 4})
+    with pytest.raises(ValueError, match=r"model.method: LoRAMethod: .*unexpected keyword argument 'rank'"):
+        build("lora", rank=4)
+    with pytest.raises(
+        ValueError, match=r"model.method.options: unknown option\(s\) \['rnak'\] for LoRAMethod"
+    ):
+        build("lora", options={"rnak": 4})
     with pytest.raises(ValueError, match=r"MixtureConfig.routing='top1' is invalid"):
-        build_method("molora", method_options={"routing": "top1"})
+        build("molora", routing="top1")
     with pytest.raises(ValueError, match=r"MixtureConfig.top_k=5 is invalid"):
-        build_method("hydralora", method_options={"num_experts": 4, "top_k": 5})
-    with pytest.raises(ValueError, match=r"match_parameters chooses the rank; remove r"):
-        build_method("lora", method_options={"match_parameters": True, "r": 8})
-    with pytest.raises(ValueError, match=r"not used by model.method='hycam'"):
-        build_method("hycam", method_options={"r": 8})
+        build("hydralora", num_experts=4, top_k=5)
+    with pytest.raises(ValueError, match=r"match_hycam chooses the rank; remove r"):
+        build("lora", match_hycam={}, r=8)
+    with pytest.raises(ValueError, match=r"model.method: HyCAMMethod: .*unexpected keyword argument 'r'"):
+        build("hycam", r=8)
     with pytest.raises(ValueError, match=r"target_modules \['qkv'\] not found in decoder layer 0"):
-        build_method("molora", method_options={"target_modules": ["qkv"]}).apply(tiny_model("llama"))
+        build("molora", target_modules=["qkv"]).apply(tiny_model("llama"))
 
 
 @pytest.mark.parametrize("method", ["dora", "ia3", "molora"])
 def test_multiplicative_scales_never_decay(method: str) -> None:
     built, model = apply(method, tiny_model("llama"))
-    groups = {g["name"]: g for g in built.parameter_groups(model, 1e-3, 0.1, {})}
+    groups = {g["name"]: g for g in built.parameter_groups(model, 1e-3, 0.1)}
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay = {names[id(p)] for p in groups.get("no_decay", {"params": []})["params"]}
     decay = {names[id(p)] for p in groups["decay"]["params"]} if "decay" in groups else set()

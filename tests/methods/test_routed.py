@@ -8,10 +8,10 @@ import torch
 
 from hycam_pl.callbacks import RoutingTelemetry
 from hycam_pl.data import MultiTaskDataModule
-from hycam_pl.methods import build_method
-from hycam_pl.modulation.mixture import LayerRouter, mixture_balance_loss
+from hycam_pl.methods.lora_mixture import LayerRouter, mixture_balance_loss
 from hycam_pl.training import MultiTaskLM
 from tests.evaluation.helpers import read_events, tiny_trainer
+from tests.methods.helpers import build
 from tests.modulation.conftest import batch, tiny_model
 from tests.tiny import tiny_byte_llama
 
@@ -24,7 +24,7 @@ def routed(kind: str, checkpointing: str | None, scope: str = "layer"):
     options = {"num_experts": 3, "r": 4, "balance_scope": scope}
     if kind == "hydralora":
         options.update(routing="softmax_topk", top_k=2)
-    build_method(kind, method_options=options).apply(model)
+    build(kind, **options).apply(model)
     with torch.no_grad():  # non-zero B, so the experts matter to the output
         for name, param in model.named_parameters():
             if name.endswith("lora_B"):
@@ -97,9 +97,7 @@ def test_routing_telemetry_shows_the_mixtures(tmp_path, kind) -> None:
         batch_size=2,
         cache_dir=None,
     )
-    module = MultiTaskLM(
-        tiny_byte_llama(), method=kind, method_options={"num_experts": 2, "r": 4}, learning_rate=1e-3
-    )
+    module = MultiTaskLM(tiny_byte_llama(), method=build(kind, num_experts=2, r=4), learning_rate=1e-3)
     trainer = tiny_trainer(
         tmp_path,
         [RoutingTelemetry(every_n_steps=1)],

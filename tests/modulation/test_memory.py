@@ -7,7 +7,7 @@ import weakref
 import torch
 
 from hycam_pl import HyCAMConfig, attach, balance_loss
-from hycam_pl.modulation.model import find_state
+from hycam_pl.modulation.routing import find_state
 
 from .conftest import batch, tiny_model
 

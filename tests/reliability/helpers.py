@@ -84,8 +84,10 @@ def run_config(
         },
         "model": {
             "backbone": dict(TINY_BACKBONE),
-            "method": "hycam",
-            "hycam": {"num_experts": 2, "rank": 4},
+            "method": {
+                "class_path": "hycam_pl.methods.HyCAMMethod",
+                "init_args": {"num_experts": 2, "rank": 4},
+            },
             "learning_rate": 3.0e-3,
             "warmup_ratio": 0.0,
         },

@@ -29,15 +29,19 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "unknown_method": (["--model.method", "lora2"], (r"model\.method='lora2' is unknown", r"hycam")),
     "bad_routing_option_without_experts": (
         [
-            "--model.hycam.num_experts",
+            "--model.method.num_experts",
             "0",
-            "--model.hycam.tau",
+            "--model.method.tau",
             "0",
         ],  # ignored without experts, still checked
         (r"HyCAMConfig\.tau=0(\.0)? is invalid",),
     ),
-    "rank_above_hidden_size": (["--model.hycam.rank", "1000"], (r"rank=1000", r"hidden_size=64")),
-    "layer_out_of_range": (["--model.hycam.layers", "[0, 5]"], (r"layers", r"\[5\]", r"out of range")),
+    "rank_above_hidden_size": (["--model.method.rank", "1000"], (r"rank=1000", r"hidden_size=64")),
+    "layer_out_of_range": (["--model.method.layers", "[0, 5]"], (r"layers", r"\[5\]", r"out of range")),
+    "retired_option": (
+        ["--model.hycam.num_experts", "2"],
+        (r"model\.hycam is no longer an option", r"model\.method"),
+    ),
     "missing_backbone": (
         ["--model.backbone", "no-such-org/no-such-model"],
         (r"model\.backbone", r"no-such-org/no-such-model", r"offline"),
@@ -45,7 +49,7 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
 }
 # Parsed by jsonargparse before hycam_pl sees it: its own multi-line "error:" report, exit code 2.
 PARSER_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
-    "unknown_hycam_option": (["--model.hycam.fooo", "3"], (r"fooo",)),
+    "unknown_hycam_option": (["--model.method.fooo", "3"], (r"fooo",)),
 }
 ADAPTER_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "adapter_other_base_model": (
@@ -140,8 +144,10 @@ def test_config_is_checked_before_the_backbone_is_loaded(
 
     monkeypatch.setattr("hycam_pl.training.module.load_backbone", refuse)
     config = write_config(tmp_path / "config.yaml", run_config(tmp_path))
-    result: CliResult = run_hycam_in_process(["fit", "-c", str(config), "--model.hycam.rank", "65"], tmp_path)
+    result: CliResult = run_hycam_in_process(
+        ["fit", "-c", str(config), "--model.method.rank", "65"], tmp_path
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert error_lines(result.stderr) == [
-        "error: model.hycam.rank=65 exceeds the hidden_size=64 of model.backbone; use a rank <= 64"
+        "error: model.method.rank=65 exceeds the hidden_size=64 of model.backbone; use a rank <= 64"
     ]

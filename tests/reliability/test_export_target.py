@@ -17,7 +17,7 @@ from tests.reliability.helpers import run_config, run_hycam_in_process, write_co
 @pytest.fixture(scope="module")
 def lora_checkpoint(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lora-run")
-    config = run_config(root, max_steps=1, every_n_train_steps=1, model={"method": "lora", "hycam": None})
+    config = run_config(root, max_steps=1, every_n_train_steps=1, model={"method": "lora"})
     write_config(root / "config.yaml", config)
     result = run_hycam_in_process(["fit", "-c", "config.yaml"], root)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
+from hycam_pl.methods import HyCAMMethod
 from hycam_pl.training import MultiTaskLM
 from tests.reliability.helpers import TINY_BACKBONE, tiny_data, tiny_trainer
 
@@ -31,7 +32,7 @@ class Overflowing(MultiTaskLM):
 def _fit(tmp_path, inf_steps: set[int], max_steps: int, limit: int) -> tuple[Overflowing, L.Trainer]:
     L.seed_everything(0)
     model = Overflowing(
-        TINY_BACKBONE, hycam={"num_experts": 2, "rank": 4}, warmup_ratio=0.0, max_scaler_skips=limit
+        TINY_BACKBONE, method=HyCAMMethod(num_experts=2, rank=4), warmup_ratio=0.0, max_scaler_skips=limit
     )
     model.inf_steps = frozenset(inf_steps)
     # Lightning turns ``precision="16-mixed"`` on CPU into bf16; the plugin keeps real fp16 + GradScaler.

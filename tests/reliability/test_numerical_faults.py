@@ -14,6 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from hycam_pl.methods import HyCAMMethod
 from hycam_pl.training import MultiTaskLM
 from tests.reliability.helpers import TINY_BACKBONE, tiny_data, tiny_trainer
 
@@ -71,7 +72,7 @@ def _faulty(nan_loss: set[int] = frozenset(), inf_grad: set[int] = frozenset(), 
     L.seed_everything(0)
     model = FaultyLM(
         TINY_BACKBONE,
-        hycam={"num_experts": 2, "rank": 4},
+        method=HyCAMMethod(num_experts=2, rank=4),
         learning_rate=1e-2,
         warmup_ratio=0.0,
         max_nonfinite_steps=limit,

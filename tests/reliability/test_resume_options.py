@@ -182,10 +182,10 @@ def one_error(result: CliResult) -> str:
 def test_a_structure_change_on_resume_names_the_option_and_both_values(runs: Runs, which: str):
     ckpt = "last" if which == "last" else str(runs.checkpoints(0) / "epoch=0-step=2.ckpt")
     result = run_hycam_in_process(
-        ["fit", "-c", str(runs.config), "--ckpt_path", ckpt, "--model.hycam.num_experts", "2"], cwd=runs.root
+        ["fit", "-c", str(runs.config), "--ckpt_path", ckpt, "--model.method.num_experts", "2"], cwd=runs.root
     )
     line = one_error(result)
-    assert "model.hycam.num_experts: checkpoint 4 vs this run 2" in line, line
+    assert "model.method.num_experts: checkpoint 4 vs this run 2" in line, line
 
 
 def test_a_missing_checkpoint_file_is_one_line(runs: Runs):
@@ -249,12 +249,12 @@ def test_an_unwritable_output_directory_is_refused_before_the_data_is_read(tmp_p
 def test_the_module_refuses_a_checkpoint_with_other_tensor_shapes():
     """The Python API (``Trainer.fit(ckpt_path=...)``): same tensor names, other shapes -> a ValueError that
     says so, not torch's size-mismatch traceback."""
-    from hycam_pl import HyCAMConfig
+    from hycam_pl.methods import HyCAMMethod
     from hycam_pl.training import MultiTaskLM
     from tests.reliability.helpers import TINY_BACKBONE
 
-    four = MultiTaskLM(dict(TINY_BACKBONE), hycam=HyCAMConfig(num_experts=4, rank=4))
-    two = MultiTaskLM(dict(TINY_BACKBONE), hycam=HyCAMConfig(num_experts=2, rank=4))
+    four = MultiTaskLM(dict(TINY_BACKBONE), method=HyCAMMethod(num_experts=4, rank=4))
+    two = MultiTaskLM(dict(TINY_BACKBONE), method=HyCAMMethod(num_experts=2, rank=4))
     state = {k: v for k, v in four.state_dict().items() if k in four.trainable_keys()}
     assert set(state) == two.trainable_keys()  # names alone cannot tell them apart
     with pytest.raises(

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hycam_pl.callbacks import RoutingTelemetry
+from hycam_pl.methods import HyCAMMethod
 from hycam_pl.modulation import modulated_layers
 from hycam_pl.training import MultiTaskLM
 from tests.reliability.helpers import TINY_BACKBONE, tiny_data, tiny_trainer
@@ -20,7 +21,7 @@ def _train(root: Path, collapse_to: int | None) -> None:
     L.seed_everything(0)
     # learning_rate 0: the routing stays exactly as set here for every step
     model = MultiTaskLM(
-        TINY_BACKBONE, hycam={"num_experts": 2, "rank": 4}, learning_rate=0.0, warmup_ratio=0.0
+        TINY_BACKBONE, method=HyCAMMethod(num_experts=2, rank=4), learning_rate=0.0, warmup_ratio=0.0
     )
     if collapse_to is not None:
         with torch.no_grad():

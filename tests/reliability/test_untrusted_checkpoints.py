@@ -173,8 +173,9 @@ def test_export_refuses_absurd_sizes_in_checkpoint_hyper_parameters_before_build
     from tests.tiny import tiny_byte_llama
 
     path = tmp_path / "huge.ckpt"
-    hparams = {"backbone": tiny_byte_llama(), "method": "hycam", "hycam": {"num_experts": 10**9, "rank": 4}}
+    method = {"class_path": "hycam_pl.methods.HyCAMMethod", "init_args": {"num_experts": 10**9, "rank": 4}}
+    hparams = {"backbone": tiny_byte_llama(), "method": method}
     torch.save({"state_dict": {"model.w": torch.zeros(2, 4)}, "hyper_parameters": hparams}, path)
     result = run_hycam_in_process(["export", str(path), str(tmp_path / "adapter")], tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "hycam.num_experts=1000000000 exceeds 65536" in _one_error_line(result.stderr)
+    assert "num_experts=1000000000 exceeds 65536" in _one_error_line(result.stderr)

@@ -11,6 +11,7 @@ import hycam_pl.training.validation as validation
 from hycam_pl import HyCAMConfig, adapter_state_dict, attach, load_adapter, save_adapter
 from hycam_pl.backbone import load_backbone
 from hycam_pl.data import DataError
+from hycam_pl.methods import HyCAMMethod
 from hycam_pl.modulation import AdapterError, is_attached
 from hycam_pl.training import MultiTaskLM
 from hycam_pl.training.validation import (
@@ -21,6 +22,10 @@ from hycam_pl.training.validation import (
 from tests.reliability.helpers import TINY_BACKBONE
 
 SMALL = {**TINY_BACKBONE, "hidden_size": 32, "intermediate_size": 64}
+
+
+def HYCAM(init_args: dict) -> dict:  # noqa: N802 (reads like the config it stands for)
+    return {"class_path": "hycam_pl.methods.HyCAMMethod", "init_args": init_args}
 
 
 # ------------------------------------------------------------------------------------ error reporting
@@ -74,8 +79,8 @@ def test_report_user_errors_keeps_tracebacks_for_bugs_and_on_request(monkeypatch
 def test_multi_line_messages_become_one_line(monkeypatch, capsys) -> None:
     monkeypatch.setattr(validation, "_raised_in_package", lambda e: True)
     with pytest.raises(SystemExit), report_user_errors():
-        raise ValueError("model.hycam: bad value\n  allowed: 1, 2\n")
-    assert capsys.readouterr().err == "error: model.hycam: bad value allowed: 1, 2\n"
+        raise ValueError("model.method: bad value\n  allowed: 1, 2\n")
+    assert capsys.readouterr().err == "error: model.method: bad value allowed: 1, 2\n"
 
 
 # ------------------------------------------------------------------------------- model options, no model
@@ -95,10 +100,19 @@ def no_model_building(monkeypatch: pytest.MonkeyPatch) -> None:
             {"method": "lora2"},
             r"model\.method='lora2' is unknown; choose one of: cam, dora, full, hycam, hydralora, ia3, lora, molora",
         ),
-        ({"hycam": {"num_experts": 0, "tau": 0}}, r"model\.hycam: HyCAMConfig\.tau=0 is invalid"),
-        ({"hycam": {"num_experts": 2, "rank": 65}}, r"model\.hycam\.rank=65 exceeds the hidden_size=64"),
-        ({"hycam": {"layers": [1, 2]}}, r"model\.hycam\.layers: .*\[2\] out of range.*2 decoder layers"),
-        ({"hycam": {"ranks": 4}}, r"model\.hycam: HyCAMConfig: unknown option\(s\) \['ranks'\]"),
+        ({"method": HYCAM({"num_experts": 0, "tau": 0})}, r"model\.method: HyCAMConfig\.tau=0 is invalid"),
+        (
+            {"method": HYCAM({"num_experts": 2, "rank": 65})},
+            r"model\.method\.rank=65 exceeds the hidden_size=64",
+        ),
+        (
+            {"method": HYCAM({"layers": [1, 2]})},
+            r"model\.method\.layers: .*\[2\] out of range.*2 decoder layers",
+        ),
+        (
+            {"method": HYCAM({"ranks": 4})},
+            r"model\.method: HyCAMMethod: .*unexpected keyword argument 'ranks'",
+        ),
         ({"backbone": {"hidden_size": 8}}, r"model\.backbone: a config dict needs 'model_type'"),
     ],
 )
@@ -108,14 +122,11 @@ def test_model_options_are_checked_without_building_a_model(no_model_building, o
 
 
 def test_valid_options_pass(no_model_building) -> None:
+    validate_model_options({"backbone": TINY_BACKBONE, "method": HYCAM({"num_experts": 4, "rank": 64})})
+    validate_model_options({"backbone": TINY_BACKBONE, "method": "cam"})
+    # an expert sweep's K = 0 point: routing options without experts are ignored
     validate_model_options(
-        {"backbone": TINY_BACKBONE, "method": "hycam", "hycam": {"num_experts": 4, "rank": 64}}
-    )
-    validate_model_options({"backbone": TINY_BACKBONE, "method": "cam", "hycam": {"num_experts": 0}})
-    # sweep overrides: routing options without experts, and method cam on a HyCAM config, are ignored
-    validate_model_options({"backbone": TINY_BACKBONE, "hycam": {"num_experts": 0, "rank": 4, "tau": 1.0}})
-    validate_model_options(
-        {"backbone": TINY_BACKBONE, "method": "cam", "hycam": {"num_experts": 2, "rank": 4}}
+        {"backbone": TINY_BACKBONE, "method": HYCAM({"num_experts": 0, "rank": 4, "tau": 1.0})}
     )
     validate_model_options({"backbone": "not/cached-offline", "method": "full"})  # the loader reports that
 
@@ -146,23 +157,29 @@ def test_adapter_option_is_checked_against_backbone_and_hycam(no_model_building,
         ValueError, match=r"model\.adapter=.*different base model.*hidden_size: adapter 32 vs"
     ):
         validate_model_options(
-            {"backbone": TINY_BACKBONE, "hycam": {"num_experts": 2, "rank": 4}, "adapter": str(small_adapter)}
+            {
+                "backbone": TINY_BACKBONE,
+                "method": HYCAM({"num_experts": 2, "rank": 4}),
+                "adapter": str(small_adapter),
+            }
         )
-    with pytest.raises(ValueError, match=r"different HyCAM configuration.*rank: adapter 4 vs model\.hycam 8"):
+    with pytest.raises(
+        ValueError, match=r"different HyCAM configuration.*rank: adapter 4 vs model\.method 8"
+    ):
         validate_model_options(
-            {"backbone": SMALL, "hycam": {"num_experts": 2, "rank": 8}, "adapter": str(small_adapter)}
+            {"backbone": SMALL, "method": HYCAM({"num_experts": 2, "rank": 8}), "adapter": str(small_adapter)}
         )
-    with pytest.raises(ValueError, match=r"model\.adapter=.*needs model\.method 'hycam' or 'cam'"):
+    with pytest.raises(ValueError, match=r"model\.adapter=.*model\.method='full' has no adapter to load"):
         validate_model_options({"backbone": SMALL, "method": "full", "adapter": str(small_adapter)})
     with pytest.raises(FileNotFoundError, match=r"model\.adapter: adapter config not found"):
         validate_model_options({"backbone": SMALL, "adapter": str(small_adapter.parent / "missing")})
     validate_model_options(
-        {"backbone": SMALL, "hycam": {"num_experts": 2, "rank": 4}, "adapter": str(small_adapter)}
+        {"backbone": SMALL, "method": HYCAM({"num_experts": 2, "rank": 4}), "adapter": str(small_adapter)}
     )
 
 
 def test_multitasklm_starts_from_a_saved_adapter(small_adapter: Path) -> None:
-    module = MultiTaskLM(SMALL, hycam={"num_experts": 2, "rank": 4}, adapter=str(small_adapter))
+    module = MultiTaskLM(SMALL, method=HyCAMMethod(num_experts=2, rank=4), adapter=str(small_adapter))
     expected = adapter_state_dict(load_adapter(load_backbone(SMALL), small_adapter))
     actual = adapter_state_dict(module.model)
     assert expected.keys() == actual.keys() and all(torch.equal(actual[k], expected[k]) for k in expected)
@@ -172,4 +189,4 @@ def test_multitasklm_rejects_an_adapter_of_another_base_model(small_adapter: Pat
     with pytest.raises(
         ValueError, match=r"model\.adapter.*different base model.*hidden_size: adapter 32 vs model 64"
     ):
-        MultiTaskLM(TINY_BACKBONE, hycam={"num_experts": 2, "rank": 4}, adapter=str(small_adapter))
+        MultiTaskLM(TINY_BACKBONE, method=HyCAMMethod(num_experts=2, rank=4), adapter=str(small_adapter))

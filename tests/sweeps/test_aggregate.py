@@ -27,14 +27,22 @@ SCORES = {
 
 @pytest.fixture
 def made(tmp_path: Path) -> tuple:
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": {"hycam": {"num_experts": 2}}}))
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "method": {"class_path": "hycam_pl.methods.HyCAMMethod", "init_args": {"num_experts": 2}}
+                }
+            }
+        )
+    )
     (tmp_path / "sweep.yaml").write_text(
         yaml.safe_dump(
             {
                 "base": str(tmp_path / "base.yaml"),
                 "output": str(tmp_path / "out"),
-                "grid": {"model.hycam.num_experts": [1, 2]},
-                "variants": {"a": {}, "b": {"model.hycam.rank": 4}},
+                "grid": {"model.method.num_experts": [1, 2]},
+                "variants": {"a": {}, "b": {"model.method.rank": 4}},
                 "seeds": [0, 1, 2],
                 "metrics": ["macro/task_score", "macro/loss"],
             }
@@ -44,7 +52,7 @@ def made(tmp_path: Path) -> tuple:
     for trial in spec.trials():
         directory = trial_dir(spec.output, trial)
         directory.mkdir(parents=True)
-        score = SCORES[(trial.variant, trial.point["model.hycam.num_experts"])][trial.seed]
+        score = SCORES[(trial.variant, trial.point["model.method.num_experts"])][trial.seed]
         if score is None:
             marker = {"status": "failed", "stage": "test", "exit_code": 1, "error": "boom", "fit_s": 1.0}
             (directory / "failed.json").write_text(json.dumps(marker))
@@ -60,7 +68,7 @@ def made(tmp_path: Path) -> tuple:
 def test_means_and_sample_std(made: tuple) -> None:
     spec, records = made
     assert [r.status for r in records].count("failed") == 3
-    stats = {(g.variant, g.point["model.hycam.num_experts"]): g for g in group_stats(records, spec.metrics)}
+    stats = {(g.variant, g.point["model.method.num_experts"]): g for g in group_stats(records, spec.metrics)}
     assert set(stats) == set(SCORES)
     # a/1: 0.1, 0.2, 0.4 -> mean 0.7/3; deviations -0.4/3, -0.1/3, 0.5/3; sample std sqrt(0.42/9 / 2) = 0.1528
     a1 = stats[("a", 1)]

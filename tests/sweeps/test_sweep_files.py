@@ -61,8 +61,16 @@ def test_shipped_sweep_loads_and_every_trial_config_validates(
 
 def write(tmp_path: Path, **sweep: object) -> Path:
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({"model": {"hycam": {"num_experts": 2}}}))
-    content = {"base": str(base), "grid": {"model.hycam.num_experts": [1, 2]}, "metrics": ["macro/loss"]}
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "method": {"class_path": "hycam_pl.methods.HyCAMMethod", "init_args": {"num_experts": 2}}
+                }
+            }
+        )
+    )
+    content = {"base": str(base), "grid": {"model.method.num_experts": [1, 2]}, "metrics": ["macro/loss"]}
     content.update(sweep)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(content))
@@ -74,8 +82,8 @@ def write(tmp_path: Path, **sweep: object) -> Path:
     [
         ({"gird": {}}, r"unknown key\(s\) \['gird'\]"),
         (
-            {"grid": {"model.hycam.num_experts": []}},
-            r"grid\.model\.hycam\.num_experts: must be a non-empty list",
+            {"grid": {"model.method.num_experts": []}},
+            r"grid\.model\.method\.num_experts: must be a non-empty list",
         ),
         ({"grid": {}}, r"grid: empty"),
         ({"base": "missing.yaml"}, r"base: config file not found: missing\.yaml"),
@@ -83,8 +91,8 @@ def write(tmp_path: Path, **sweep: object) -> Path:
         ({"metrics": ["task_score"]}, r"metrics: .* '<task>/<metric>'"),
         ({"seeds": [0, 0]}, r"seeds: .* distinct"),
         (
-            {"grid": {"model.hycam.num_experts": [{"value": 1, "oops": 2}]}},
-            r"grid\.model\.hycam\.num_experts: .*with",
+            {"grid": {"model.method.num_experts": [{"value": 1, "oops": 2}]}},
+            r"grid\.model\.method\.num_experts: .*with",
         ),
         (
             {"variants": {"x": {"configs": "nope.yaml"}}},
@@ -95,8 +103,8 @@ def write(tmp_path: Path, **sweep: object) -> Path:
             r"trial num_experts=1-seed=0: trainer\.logger=False: a sweep needs the TensorBoard logger",
         ),
         (
-            {"overrides": {"model.hycam.num_experts.deeper": 1}},
-            r"overrides: model\.hycam\.num_experts\.deeper: ",
+            {"overrides": {"model.method.num_experts.deeper": 1}},
+            r"overrides: model\.method\.num_experts\.deeper: ",
         ),
     ],
 )
@@ -108,12 +116,12 @@ def test_bad_sweep_file_names_file_and_key(tmp_path: Path, change: dict, message
 
 
 def test_cli_reports_one_error_line_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    path = write(tmp_path, grid={"model.hycam.num_experts": []})
+    path = write(tmp_path, grid={"model.method.num_experts": []})
     with pytest.raises(SystemExit) as exit_info:
         sweep_main(["-c", str(path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {path}: grid.model.hycam.num_experts: must be a non-empty list of values"]
+    assert err == [f"error: {path}: grid.model.method.num_experts: must be a non-empty list of values"]
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
@@ -124,14 +132,17 @@ def test_readme_sweep_file_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     example = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     (tmp_path / "configs" / "smollm2").mkdir(parents=True)
     shutil.copy(REPO / "configs" / "tiny.yaml", tmp_path / "configs" / "smollm2" / "hycam.yaml")
-    (tmp_path / "my_overlay.yaml").write_text("model:\n  hycam:\n    rank: 4\n")
+    (tmp_path / "my_overlay.yaml").write_text("model:\n  method:\n    init_args:\n      rank: 4\n")
     (tmp_path / "sweep.yaml").write_text(example)
     monkeypatch.chdir(tmp_path)
     spec = load_sweep("sweep.yaml")
     trials = spec.trials()
     assert len(trials) == 3 * 3 * 3
-    ablation = next(t for t in trials if t.variant == "ablation" and t.point["model.hycam.num_experts"] == 2)
-    assert ablation.config["model"]["hycam"] == {"num_experts": 2, "rank": 4, "shared": False}
-    cam = next(t for t in trials if t.variant == "hycam" and t.point["model.hycam.num_experts"] == 0)
-    assert cam.config["model"]["hycam"] == {"num_experts": 0, "rank": None}
+    ablation = next(t for t in trials if t.variant == "ablation" and t.point["model.method.num_experts"] == 2)
+    assert ablation.config["model"]["method"]["init_args"] == {"num_experts": 2, "rank": 4, "shared": False}
+    cam = next(t for t in trials if t.variant == "hycam" and t.point["model.method.num_experts"] == 0)
+    assert cam.config["model"]["method"]["init_args"] == {"num_experts": 0, "rank": 8}
+    assert cam.config["model"]["learning_rate"] == 1.0e-3
+    soft = next(t for t in trials if t.variant == "soft")
+    assert soft.config["model"]["method"]["init_args"]["hard"] is False
     assert cam.config["trainer"]["max_steps"] == 200

@@ -17,14 +17,21 @@ from hycam_pl.sweeps.spec import SweepError, load_sweep
 
 def _spec(tmp_path: Path, output: Path, max_steps: int = 1):
     (tmp_path / "base.yaml").write_text(
-        yaml.safe_dump({"model": {"hycam": {"num_experts": 2}}, "trainer": {"max_steps": max_steps}})
+        yaml.safe_dump(
+            {
+                "model": {
+                    "method": {"class_path": "hycam_pl.methods.HyCAMMethod", "init_args": {"num_experts": 2}}
+                },
+                "trainer": {"max_steps": max_steps},
+            }
+        )
     )
     (tmp_path / "sweep.yaml").write_text(
         yaml.safe_dump(
             {
                 "base": str(tmp_path / "base.yaml"),
                 "output": str(output),
-                "grid": {"model.hycam.num_experts": [1, 2]},
+                "grid": {"model.method.num_experts": [1, 2]},
                 "seeds": [0, 1],
                 "metrics": ["macro/loss"],
             }

@@ -48,7 +48,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 "overrides": {"trainer.val_check_interval": 1},
                 # the failing point first: it fails while a good one runs, and costs no extra wall time
                 "grid": {
-                    "model.learning_rate": [{"value": 0.01, "with": {"model.hycam.rank": 1000}}, *RATES]
+                    "model.learning_rate": [{"value": 0.01, "with": {"model.method.rank": 1000}}, *RATES]
                 },
                 "select": "model.learning_rate",
                 "compare_to": 0.001,

@@ -19,7 +19,7 @@ def _sweep(tmp_path: Path, **entries) -> Path:
         "base": str(REPO / "configs" / "tiny.yaml"),
         "output": str(tmp_path / "out"),
         "overrides": {f"data.tasks.{i}.num_examples": 40 for i in range(4)},
-        "grid": {"model.hycam.rank": [4]},
+        "grid": {"model.method.rank": [4]},
         "seeds": [0, 1],
         "metrics": ["macro/loss"],
     }
@@ -63,7 +63,7 @@ def test_two_seeds_train_in_different_orders_on_the_same_test_examples(tmp_path:
         {"overrides": {"data": {"seed": 7}}},
         {"variants": {"a": {"data.seed": 7}}},
         {"grid": {"data.seed": [7]}},
-        {"grid": {"model.hycam.rank": [{"value": 4, "with": {"data.seed": 7}}]}},
+        {"grid": {"model.method.rank": [{"value": 4, "with": {"data.seed": 7}}]}},
     ],
     ids=["override", "nested-override", "variant", "grid", "grid-companion"],
 )

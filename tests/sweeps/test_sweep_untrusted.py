@@ -13,7 +13,15 @@ from hycam_pl.sweeps.cli import main as sweep_main
 
 
 def _sweep(tmp_path: Path, grid_value: object = 1) -> Path:
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": {"hycam": {"num_experts": 2}}}))
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "method": {"class_path": "hycam_pl.methods.HyCAMMethod", "init_args": {"num_experts": 2}}
+                }
+            }
+        )
+    )
     path = tmp_path / "sweep.yaml"
     path.write_text(
         yaml.safe_dump(

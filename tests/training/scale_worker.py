@@ -23,6 +23,7 @@ import torch
 
 from hycam_pl.training import MultiTaskLM
 from hycam_pl.training.sharding import FSDP2Strategy, deferred_build, trainable_state_dict
+from tests.methods.helpers import build
 from tests.tiny import tiny_byte_llama
 from tests.training.objective_worker import datamodule
 
@@ -43,11 +44,9 @@ DETERMINISTIC_OPTIONS = {
 def model(method: str, deferred: bool = False) -> MultiTaskLM:
     """``deferred``: the model is built in ``configure_model`` (per rank, sharded), as the CLI does under FSDP2."""
     L.seed_everything(0)
-    options = DETERMINISTIC_OPTIONS.get(method)
+    chosen = build(method, **DETERMINISTIC_OPTIONS[method]) if method in DETERMINISTIC_OPTIONS else method
     with deferred_build() if deferred else nullcontext():
-        return MultiTaskLM(
-            tiny_byte_llama(), method=method, method_options=options, learning_rate=1e-2, warmup_ratio=0.0
-        )
+        return MultiTaskLM(tiny_byte_llama(), method=chosen, learning_rate=1e-2, warmup_ratio=0.0)
 
 
 def trainer(root: Path, devices: int, strategy: str | L.pytorch.strategies.Strategy, **kwargs) -> L.Trainer:

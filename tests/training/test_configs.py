@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from hycam_pl.cli import main
-from hycam_pl.methods import METHODS
+from hycam_pl.methods import METHODS, AdaptationMethod, resolve_method
 
 from .conftest import REPO
 
@@ -56,7 +56,9 @@ def test_every_yaml_under_configs_is_covered():
 @pytest.mark.parametrize("files", shipped_configs(), ids=lambda files: "+".join(p.stem for p in files))
 def test_shipped_config_parses(files):
     config = print_config(*files)
-    assert config["model"]["method"] in METHODS
+    method = config["model"]["method"]
+    assert (isinstance(method, str) and method in METHODS) or set(method) == {"class_path", "init_args"}
+    assert isinstance(resolve_method(method), AdaptationMethod)
     assert config["data"]["tasks"], "a config must name its tasks"
     if files[-1] in MODEL_FRAGMENTS:
         fragment = yaml.safe_load(files[-1].read_text())
@@ -70,9 +72,9 @@ def test_shipped_config_parses(files):
 
 def test_quickstart_interpolation_and_overrides():
     config = print_config(
-        CONFIGS / "tiny.yaml", overrides=("--model.hycam.num_experts", "8", "--data.max_length", "128")
+        CONFIGS / "tiny.yaml", overrides=("--model.method.num_experts", "8", "--data.max_length", "128")
     )
-    assert config["model"]["hycam"]["num_experts"] == 8
+    assert config["model"]["method"]["init_args"]["num_experts"] == 8
     assert config["model"]["backbone"]["max_position_embeddings"] == 128  # ${data.max_length}
     assert config["model"]["backbone"]["model_type"] == "llama"
 

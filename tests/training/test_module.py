@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from hycam_pl import HyCAMConfig
-from hycam_pl.methods import METHODS
+from hycam_pl.methods import METHODS, HyCAMMethod
 from hycam_pl.modulation import config as config_module
 from hycam_pl.training import MultiTaskLM
 
@@ -17,16 +17,11 @@ from .test_resume import BACKBONE
 def test_parameter_groups_split_learning_rates_and_never_decay_biases():
     model = MultiTaskLM(
         BACKBONE,
-        hycam=HyCAMConfig(num_experts=2, rank=4),
+        method=HyCAMMethod(num_experts=2, rank=4, shared_lr=5e-4, expert_lr=2e-3),
         learning_rate=1e-3,
-        shared_lr=5e-4,
-        expert_lr=2e-3,
         weight_decay=0.1,
     )
-    groups = {
-        g["name"]: g
-        for g in model.method.parameter_groups(model.model, 1e-3, 0.1, {"shared": 5e-4, "experts": 2e-3})
-    }
+    groups = {g["name"]: g for g in model.method.parameter_groups(model.model, 1e-3, 0.1)}
     assert set(groups) == {"shared", "shared_no_decay", "experts", "experts_no_decay"}
     assert groups["shared"]["lr"] == groups["shared_no_decay"]["lr"] == 5e-4
     assert groups["experts"]["lr"] == groups["experts_no_decay"]["lr"] == 2e-3
@@ -57,11 +52,11 @@ def test_parameter_groups_split_learning_rates_and_never_decay_biases():
 def test_weight_decay_is_decided_by_role_for_every_method():
     """Full fine-tuning: norm weights and biases never decay; matrices and embeddings do. A method can
     override ``decays`` (the predicate every method's groups use)."""
-    from hycam_pl.methods import build_method
+    from hycam_pl.methods import resolve_method
     from hycam_pl.methods.base import AdaptationMethod
 
     model = MultiTaskLM(BACKBONE, method="full", weight_decay=0.1)
-    groups = {g["name"]: g for g in model.method.parameter_groups(model.model, 1e-3, 0.1, {})}
+    groups = {g["name"]: g for g in model.method.parameter_groups(model.model, 1e-3, 0.1)}
     names = {id(p): n for n, p in model.model.named_parameters()}
     no_decay = {names[id(p)] for p in groups["no_decay"]["params"]}
     assert no_decay and all("norm" in n for n in no_decay), no_decay
@@ -73,7 +68,7 @@ def test_weight_decay_is_decided_by_role_for_every_method():
         def decays(self, name, param):
             return super().decays(name, param) and "q_proj" not in name
 
-    assert build_method("full").decays("model.layers.0.self_attn.q_proj.weight", None)
+    assert resolve_method("full").decays("model.layers.0.self_attn.q_proj.weight", None)
     assert not NoDecayOnGates().decays("model.layers.0.self_attn.q_proj.weight", None)
     for name in (
         "x.ln_f.weight",
@@ -98,11 +93,10 @@ def test_methods_are_pluggable_and_validated(monkeypatch):
         match=r"model.method='lora2' is unknown; choose one of: cam, dora, full, hycam, hydralora, ia3, lora, molora",
     ):
         MultiTaskLM(BACKBONE, method="lora2")
-    with pytest.warns(UserWarning, match=r"model.method='cam' is the single shared CAM: .*num_experts=4"):
-        swept = MultiTaskLM(BACKBONE, method="cam", hycam=HyCAMConfig(num_experts=4, layers=[1]))
+    with pytest.warns(UserWarning, match=r"num_experts=0 \(plain CAM\) has no experts or router, so rank=8"):
+        swept = MultiTaskLM(BACKBONE, method=HyCAMMethod(num_experts=0, rank=8, layers=[1]))  # a K = 0 point
     assert swept.method.config == HyCAMConfig(num_experts=0, layers=[1])  # CAM options kept, routing dropped
-    with pytest.warns(UserWarning, match=r"model.hycam is set but model.method='full' does not use it"):
-        MultiTaskLM(BACKBONE, method="full", hycam=HyCAMConfig())  # one config switches methods by name
+    assert swept.method.name == "cam"
     with pytest.raises(ValueError, match=r"model.activation_checkpointing='sometimes' is invalid"):
         MultiTaskLM(BACKBONE, activation_checkpointing="sometimes")
 
@@ -116,7 +110,7 @@ def test_config_dict_backbone_is_deterministic_and_local_paths_load(tmp_path):
     other_seed = MultiTaskLM(BACKBONE, method="full", init_seed=1)
     assert not torch.equal(first.model.lm_head.weight, other_seed.model.lm_head.weight)
     first.model.save_pretrained(tmp_path / "base")
-    from_path = MultiTaskLM(str(tmp_path / "base"), hycam=HyCAMConfig(num_experts=1, rank=2))
+    from_path = MultiTaskLM(str(tmp_path / "base"), method=HyCAMMethod(num_experts=1, rank=2))
     assert torch.equal(from_path.model.lm_head.weight, first.model.lm_head.weight)
     assert isinstance(from_path.model, transformers.LlamaForCausalLM)
     with pytest.raises(ValueError, match=r"model.backbone: a config dict needs 'model_type'"):
@@ -137,7 +131,7 @@ def test_hub_name_fails_fast_and_clearly_offline(monkeypatch):
 
 
 def test_checkpoint_keeps_only_trainable_weights_and_refuses_a_mismatch():
-    model = MultiTaskLM(BACKBONE, hycam=HyCAMConfig(num_experts=2, rank=4))
+    model = MultiTaskLM(BACKBONE, method=HyCAMMethod(num_experts=2, rank=4))
     checkpoint = {"state_dict": model.state_dict()}
     model.on_save_checkpoint(checkpoint)
     assert set(checkpoint["state_dict"]) == model.trainable_keys()
@@ -145,7 +139,7 @@ def test_checkpoint_keeps_only_trainable_weights_and_refuses_a_mismatch():
     assert (
         len(checkpoint["hycam_rng_state"]) == 1 and "cpu" in checkpoint["hycam_rng_state"][0]
     )  # one per rank
-    other = MultiTaskLM(BACKBONE, hycam=HyCAMConfig(num_experts=3, rank=4, layers=[0, 1]))
+    other = MultiTaskLM(BACKBONE, method=HyCAMMethod(num_experts=3, rank=4, layers=[0, 1]))
     partial = {"state_dict": {k: v for k, v in checkpoint["state_dict"].items() if "layers.0." in k}}
     with pytest.raises(
         ValueError, match=r"checkpoint does not fit this model: \d+ trainable tensors missing"
@@ -154,7 +148,8 @@ def test_checkpoint_keeps_only_trainable_weights_and_refuses_a_mismatch():
 
 
 def test_hyperparameters_are_plain_types():
-    model = MultiTaskLM(BACKBONE, hycam=HyCAMConfig(num_experts=2, rank=4), generation={"max_new_tokens": 5})
-    assert model.hparams["hycam"]["num_experts"] == 2 and model.hparams["generation"]["max_new_tokens"] == 5
+    model = MultiTaskLM(BACKBONE, method=HyCAMMethod(num_experts=2, rank=4), generation={"max_new_tokens": 5})
+    assert model.hparams["method"]["init_args"]["num_experts"] == 2
+    assert model.hparams["generation"]["max_new_tokens"] == 5
     rebuilt = MultiTaskLM(**dict(model.hparams))
     assert rebuilt.method.config == model.method.config and rebuilt.generation.max_new_tokens == 5

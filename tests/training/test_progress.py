@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 
 from hycam_pl.callbacks import ProgressBar, ProgressLog
+from hycam_pl.methods import HyCAMMethod
 from hycam_pl.training import MultiTaskLM
 from tests.reliability.helpers import tiny_data
 from tests.tiny import tiny_byte_llama
@@ -20,7 +21,7 @@ LINE = re.compile(
 
 def _fit(tmp_path, callbacks, **trainer):
     L.seed_everything(0)
-    model = MultiTaskLM(tiny_byte_llama(), hycam={"num_experts": 2, "rank": 4}, learning_rate=1e-2)
+    model = MultiTaskLM(tiny_byte_llama(), method=HyCAMMethod(num_experts=2, rank=4), learning_rate=1e-2)
     options = dict(
         accelerator="cpu",
         max_steps=6,

@@ -5,8 +5,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from hycam_pl import HyCAMConfig, adapter_state_dict
+from hycam_pl import adapter_state_dict
 from hycam_pl.data import MultiTaskDataModule
+from hycam_pl.methods import HyCAMMethod
 from hycam_pl.training import MultiTaskLM
 from tests.tiny import tiny_byte_llama
 
@@ -34,9 +35,7 @@ def build(tmp_path):
         batch_size=4,
         cache_dir=str(tmp_path / "cache"),
     )
-    model = MultiTaskLM(
-        BACKBONE, method="hycam", hycam=HyCAMConfig(num_experts=3, rank=4), learning_rate=5e-3
-    )
+    model = MultiTaskLM(BACKBONE, method=HyCAMMethod(num_experts=3, rank=4), learning_rate=5e-3)
     return model, data
 
 

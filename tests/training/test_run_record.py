@@ -8,10 +8,10 @@ import json
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from hycam_pl import HyCAMConfig
 from hycam_pl.callbacks import RunRecord
 from hycam_pl.callbacks.record import RUN_RECORD
 from hycam_pl.data import MultiTaskDataModule
+from hycam_pl.methods import HyCAMMethod, LoRAMethod
 from hycam_pl.training import MultiTaskLM
 from tests.tiny import tiny_byte_llama
 
@@ -45,9 +45,10 @@ def fit(tmp_path, model, max_steps, ckpt_path=None, validate=True):
 
 
 def test_scratch_then_resumed_with_counts_validation_loss_and_versions(tmp_path) -> None:
-    hycam = HyCAMConfig(num_experts=2, rank=4)
     record = fit(
-        tmp_path, MultiTaskLM(BACKBONE, method="hycam", hycam=hycam, learning_rate=1e-3), max_steps=2
+        tmp_path,
+        MultiTaskLM(BACKBONE, method=HyCAMMethod(num_experts=2, rank=4), learning_rate=1e-3),
+        max_steps=2,
     )
     assert record["fit"] == {"resumed": False, "from_step": 0, "to_step": 2}
     assert record["method"] == "hycam"
@@ -62,7 +63,7 @@ def test_scratch_then_resumed_with_counts_validation_loss_and_versions(tmp_path)
         "peft",
     }
 
-    model = MultiTaskLM(BACKBONE, method="hycam", hycam=hycam, learning_rate=1e-3)
+    model = MultiTaskLM(BACKBONE, method=HyCAMMethod(num_experts=2, rank=4), learning_rate=1e-3)
     resumed = fit(tmp_path, model, max_steps=3, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
     assert resumed["fit"] == {"resumed": True, "from_step": 2, "to_step": 3}
     assert resumed["parameters"] == counts
@@ -71,14 +72,12 @@ def test_scratch_then_resumed_with_counts_validation_loss_and_versions(tmp_path)
 def test_parameter_matched_lora_records_the_rank_and_alpha_peft_applied(tmp_path) -> None:
     model = MultiTaskLM(
         BACKBONE,
-        method="lora",
-        hycam=HyCAMConfig(num_experts=2, rank=4),
-        method_options={"match_parameters": True},
+        method=LoRAMethod(match_hycam={"num_experts": 2, "rank": 4}),
         learning_rate=1e-3,
     )
     record = fit(tmp_path, model, max_steps=1, validate=False)
     options = record["effective_options"]
     # chosen at build time, not configured: only peft's config knows them
     assert options["peft.r"] >= 1 and options["peft.lora_alpha"] == 2 * options["peft.r"]
-    assert "peft.target_modules" in options and options["method_options.match_parameters"] is True
+    assert "peft.target_modules" in options and options["method.match_hycam"] == {"num_experts": 2, "rank": 4}
     assert record["validation"]["val/macro/loss"] is None  # no validation ran

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from hycam_pl.training.module import cosine_schedule_with_warmup
+from hycam_pl.training.schedule import cosine_schedule_with_warmup
 
 
 @pytest.mark.parametrize(("warmup", "total"), [(0, 1), (0, 10), (3, 10), (15, 300), (10, 10)])

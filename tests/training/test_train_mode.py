@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from hycam_pl.methods import HyCAMMethod
 from hycam_pl.modulation import routing_statistics
 from hycam_pl.modulation.router import GumbelRouter
 from hycam_pl.training import MultiTaskLM
@@ -55,7 +56,7 @@ class ModeProbe(L.Callback):
 def test_a_pretrained_backbone_is_trained_in_training_mode_and_evaluated_in_eval_mode(tmp_path):
     MultiTaskLM(tiny_byte_llama(), method="full").model.save_pretrained(tmp_path / "base")
     L.seed_everything(0)
-    model = MultiTaskLM(str(tmp_path / "base"), hycam={"num_experts": 4, "rank": 4})
+    model = MultiTaskLM(str(tmp_path / "base"), method=HyCAMMethod(num_experts=4, rank=4))
     probe = ModeProbe()
     trainer = L.Trainer(
         accelerator="cpu",

@@ -30,16 +30,7 @@ from torch import nn
 from hycam_pl.modulation.architectures import check_layer, find_decoder, model_type_of, resolve_architecture
 from hycam_pl.modulation.balance import BALANCE_SCOPES, DEFAULT_BALANCE_SCOPE, differentiable_balance_loss
 from hycam_pl.modulation.config import is_int, is_number, one_of, require_option
-from hycam_pl.modulation.layer import flat_token_mask, record_routing
-from hycam_pl.modulation.model import (
-    STATE_ATTR,
-    ModulationState,
-    find_state,
-    hidden_size_of,
-    install_forward_record,
-    is_attached,
-    resolve_layer_indices,
-)
+from hycam_pl.modulation.model import hidden_size_of, resolve_layer_indices
 from hycam_pl.modulation.persistence import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -54,6 +45,15 @@ from hycam_pl.modulation.persistence import (
     write_adapter_files,
 )
 from hycam_pl.modulation.router import GumbelRouter, Routing, TopKSoftmaxRouter
+from hycam_pl.modulation.routing import (
+    STATE_ATTR,
+    ModulationState,
+    find_state,
+    flat_token_mask,
+    install_forward_record,
+    is_attached,
+    record_routing,
+)
 
 KINDS = ("molora", "hydralora")
 ROUTINGS = ("gumbel_top1", "softmax_topk")
@@ -68,7 +68,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class MixtureConfig:
-    """MoLoRA / HydraLoRA settings (``model.method_options`` of ``molora`` / ``hydralora``).
+    """MoLoRA / HydraLoRA settings (the options of ``MoLoRAMethod`` / ``HydraLoRAMethod``).
 
     ``r`` and ``alpha`` are each expert's LoRA rank and scale numerator (scale ``alpha / r``); ``top_k`` is used
     by ``softmax_topk`` only, ``tau`` and ``eval_routing`` by ``gumbel_top1`` only. The balance options mean
