@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -130,3 +131,37 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             stale.unlink()
             removed.append(stale)
     return removed
+
+
+def place_staged_folder(
+    staging: str | os.PathLike, target: str | os.PathLike, last: tuple[str, ...] = ()
+) -> Path:
+    """Put a complete staged folder's contents at ``target`` without deleting or renaming anything else.
+
+    A new ``target`` is the staged folder renamed into place (atomic). Into an existing folder each staged entry
+    replaces only the entry of the same name, the names in ``last`` (e.g. a config holding the weights' checksum)
+    after the others; every other file in ``target`` stays. ``staging`` is gone afterwards.
+    """
+    staging, target = Path(staging), Path(target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} is an existing file, not a folder; nothing was written")
+    if not target.exists():
+        os.replace(staging, target)
+        fsync_directory(target.parent)
+        return target
+    entries = sorted(
+        staging.iterdir(), key=lambda p: (p.name in last, last.index(p.name) if p.name in last else 0)
+    )
+    for entry in entries:
+        if entry.is_dir() != (target / entry.name).is_dir() and (target / entry.name).exists():
+            raise ValueError(
+                f"{target / entry.name} is in the way of the staged {entry.name}; nothing was replaced"
+            )
+    for entry in entries:
+        destination = target / entry.name
+        if entry.is_dir() and destination.is_dir():  # a staged sub-folder replaces its namesake as a whole
+            shutil.rmtree(destination)
+        os.replace(entry, destination)
+    fsync_directory(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target

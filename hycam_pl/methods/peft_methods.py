@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hycam_pl.io import place_staged_folder
 from hycam_pl.methods.base import (
     AdaptationMethod,
     is_bias_or_norm,
@@ -149,7 +150,8 @@ class PeftMethod(AdaptationMethod):
 
     # --------------------------------------------------------------------------------- save and load
     def save(self, model: nn.Module, directory: str) -> None:
-        """A peft adapter folder plus ``hycam_method.json``, swapped into place as a whole."""
+        """A peft adapter folder plus ``hycam_method.json``, staged beside ``directory`` and moved into place; in an
+        existing folder only these files are replaced (:func:`hycam_pl.io.place_staged_folder`), nothing else."""
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
@@ -157,7 +159,7 @@ class PeftMethod(AdaptationMethod):
             model.save_pretrained(str(staging))
             meta = {"method": self.name, "base_model": base_identity(model.get_base_model())}
             (staging / METHOD_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-            _swap_directory(staging, target)
+            place_staged_folder(staging, target, last=(METHOD_FILE,))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -210,18 +212,6 @@ def read_method_file(directory: str | os.PathLike) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterError(f"{path} is corrupt: {error}") from None
-
-
-def _swap_directory(staging: Path, target: Path) -> None:
-    """Replace ``target`` by the complete ``staging`` folder; the old one is removed only afterwards."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
 
 
 def target_linears(model: nn.Module, targets: list[str]) -> list[tuple[str, nn.Linear]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hycam_pl.io import fsync_directory
+from hycam_pl.io import place_staged_folder
 from hycam_pl.methods import upgrade_hparams
 from hycam_pl.methods.base import adapter_kind
 from hycam_pl.training.adapters import write_adapter
@@ -71,8 +71,7 @@ def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: 
         staged = staging / "adapter"
         write_adapter(module, trainable, staged)
         if not existed:
-            os.replace(staged, target)
-            return target
+            return place_staged_folder(staged, target)
         others = sorted(p.name for p in target.iterdir() if p != staging)
         if others:
             previous, new = adapter_kind(target), adapter_kind(staged)
@@ -87,24 +86,8 @@ def write_adapter_into(module: Any, trainable: dict[str, torch.Tensor], target: 
                     f"hycam export: {target} holds a {previous} adapter, this checkpoint's is {new}; export "
                     "into a new or empty folder (nothing was written or deleted)"
                 )
-        for entry in sorted(staged.iterdir()):
-            if entry.is_dir() and (target / entry.name).is_file():
-                raise ValueError(
-                    f"hycam export: {target / entry.name} is a file where the adapter has a folder"
-                )
         index = module.method.adapter_index_file  # the file naming and checking the others: last
-        for entry in sorted(staged.iterdir()):  # the adapter's own files only
-            if entry.name != index:
-                _replace(entry, target / entry.name)
-        if index is not None and (staged / index).exists():
-            _replace(staged / index, target / index)
+        place_staged_folder(staged, target, last=(index,) if index else ())
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _replace(source: Path, destination: Path) -> None:
-    if source.is_dir() and destination.is_dir():  # an adapter's own sub-folder: replaced as a whole
-        shutil.rmtree(destination)
-    os.replace(source, destination)
-    fsync_directory(destination.parent)

@@ -20,7 +20,16 @@ EXAMPLES = 60
 
 def write_sweep(tmp_path: Path, name: str, **keys) -> Path:
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({"model": {"learning_rate": 1.0e-3, "hycam": {"num_experts": 2}}}))
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "learning_rate": 1.0e-3,
+                    "method": {"class_path": "hycam_pl.methods.HyCAMMethod", "init_args": {"num_experts": 2}},
+                }
+            }
+        )
+    )
     sweep = tmp_path / f"{name}.yaml"
     sweep.write_text(
         yaml.safe_dump(
@@ -59,7 +68,7 @@ def test_compare_to_pairs_every_other_variant_with_it(tmp_path: Path) -> None:
     sweep = write_sweep(
         tmp_path,
         "methods",
-        variants={"hycam": {}, "lora": {"model.method": "lora"}, "same": {"model.hycam.rank": 4}},
+        variants={"hycam": {}, "lora": {"model.method": "lora"}, "same": {"model.method.rank": 4}},
         seeds=[0, 1],
         compare_to="hycam",
     )
@@ -84,23 +93,23 @@ def test_compare_to_pairs_every_other_variant_with_it(tmp_path: Path) -> None:
 
 
 def test_compare_to_a_grid_value_and_groups_without_examples(tmp_path: Path) -> None:
-    sweep = write_sweep(tmp_path, "experts", grid={"model.hycam.num_experts": [0, 2, 4]}, compare_to=0)
+    sweep = write_sweep(tmp_path, "experts", grid={"model.method.num_experts": [0, 2, 4]}, compare_to=0)
     spec = load_sweep(sweep)
-    assert spec.compare_to == ("model.hycam.num_experts", 0)
-    finish(spec, spec.output, lambda trial: 0.1 * trial.point["model.hycam.num_experts"])
-    missing = next(t for t in spec.trials() if t.point["model.hycam.num_experts"] == 4)
+    assert spec.compare_to == ("model.method.num_experts", 0)
+    finish(spec, spec.output, lambda trial: 0.1 * trial.point["model.method.num_experts"])
+    missing = next(t for t in spec.trials() if t.point["model.method.num_experts"] == 4)
     (trial_dir(spec.output, missing) / "logs" / "version_0" / "examples.jsonl").unlink()
     records = [read_record(t, trial_dir(spec.output, t)) for t in spec.trials()]
     aggregate(spec, records, spec.output)
     markdown = (spec.output / "results.md").read_text()
-    assert "## Paired comparisons with `model.hycam.num_experts` = 0" in markdown
+    assert "## Paired comparisons with `model.method.num_experts` = 0" in markdown
     assert "| num_experts=2 vs num_experts=0 | **macro** | loss |" in markdown
     assert (
         f"num_experts=4 vs num_experts=0: not compared, no per-example results (`examples.jsonl`) for {missing.id}"
         in markdown
     )
     with pytest.raises(SweepError, match="compare_to: 3 is neither a variant"):
-        load_sweep(write_sweep(tmp_path, "bad", grid={"model.hycam.num_experts": [0, 2]}, compare_to=3))
+        load_sweep(write_sweep(tmp_path, "bad", grid={"model.method.num_experts": [0, 2]}, compare_to=3))
 
 
 def test_selection_on_validation_loss_and_a_later_sweep_using_it(tmp_path: Path) -> None:
@@ -157,5 +166,5 @@ def test_selection_on_validation_loss_and_a_later_sweep_using_it(tmp_path: Path)
         load_sweep(later)
     with pytest.raises(SweepError, match="select: .* must be the sweep's only grid key"):
         load_sweep(
-            write_sweep(tmp_path, "bad", grid={"model.hycam.num_experts": [1]}, select="model.learning_rate")
+            write_sweep(tmp_path, "bad", grid={"model.method.num_experts": [1]}, select="model.learning_rate")
         )

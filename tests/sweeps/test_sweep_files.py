@@ -3,6 +3,7 @@ a bad sweep file stops with one ``error:`` line naming the file and the key."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from hycam_pl.training.validation import validate_model_options
 from tests.training.conftest import REPO
 
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml")) + sorted(
-    (REPO / "experiments").glob("*/sweep.yaml")
+    [*(REPO / "experiments").glob("*/sweep.yaml"), *(REPO / "experiments").glob("*/select_lr.yaml")]
 )
 
 
@@ -26,6 +27,8 @@ def test_shipped_sweeps_are_the_expected_ones() -> None:
         "configs/sweeps/ablations.yaml",
         "configs/sweeps/experts.yaml",
         "configs/sweeps/methods.yaml",
+        "experiments/decisive_comparison/select_lr.yaml",
+        "experiments/decisive_comparison/sweep.yaml",
         "experiments/expert_count/sweep.yaml",
         "experiments/method_comparison/sweep.yaml",
     ]
@@ -37,11 +40,17 @@ def test_shipped_sweep_loads_and_every_trial_config_validates(
 ) -> None:
     """Loaded from a working directory where the base config(s) are the tiny test config, so the test does
     not depend on the SmolLM2 config (another branch) or its weights."""
-    bases = yaml.safe_load(path.read_text())["base"]
+    raw = yaml.safe_load(path.read_text())
+    bases = raw["base"]
     for base in [bases] if isinstance(bases, str) else bases:
         (tmp_path / base).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "configs" / "tiny.yaml", tmp_path / base)
     shutil.copytree(REPO / "configs" / "ablations", tmp_path / "configs" / "ablations")  # variant overlays
+    if "select_from" in raw:  # a complete selection, as the tuning sweep writes it, for every variant
+        selection = tmp_path / raw["select_from"]
+        selection.parent.mkdir(parents=True, exist_ok=True)
+        variants = {name: {"chosen": 1.0e-3, "complete": True} for name in raw["variants"]}
+        selection.write_text(json.dumps({"key": "model.learning_rate", "variants": variants}))
     monkeypatch.chdir(tmp_path)
     spec = load_sweep(path)
     trials = spec.trials()

@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def node_config(root: Path) -> Path:
-    """The tiny config (``cam``), every checkpoint kept (the resume starts from step 2's)."""
+    """The tiny config with ``method: cam``, every checkpoint kept (the resume starts from step 2's)."""
     path = tiny_quickstart(root, max_steps=STEPS, val_every=2, num_examples=16, method="cam")
     config = yaml.safe_load(path.read_text())
     for callback in config["trainer"]["callbacks"]:
@@ -131,6 +131,8 @@ def test_two_torchrun_nodes_match_one_process_resume_and_export(tmp_path, single
     # Resume on the same two nodes (a new rendezvous) from the step-2 checkpoint: the same weights at step 4.
     step2 = straight / "checkpoints" / "epoch=0-step=2.ckpt"
     assert step2.is_file(), sorted(p.name for p in (straight / "checkpoints").iterdir())
+    halfway = trained(straight, step2.name)["state_dict"]
+    assert any(not torch.equal(halfway[n], v) for n, v in checkpoint["state_dict"].items()), "nothing trained"
     torchrun_fit(node_config(resumed), overlay, resumed, "--ckpt_path", str(step2))
     again = trained(resumed)
     assert again["global_step"] == STEPS
