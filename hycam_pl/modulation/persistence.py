@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,7 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
         names = {f.name for f in fields(HyCAMConfig)}
         meta["hycam_config"] = {k: v for k, v in meta.items() if k in names}
         meta["base_model"] = meta["base_model_identity"]
+        meta["layer_indices"] = _layer_indices_of(meta.get("target_modules"), path)
         meta["format"] = "peft"
     elif not isinstance(meta, dict) or "hycam_config" not in meta or "base_model" not in meta:
         raise AdapterError(f"adapter config {path} is missing 'hycam_config' or 'base_model'")
@@ -338,6 +340,20 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     except (TypeError, ValueError) as error:
         raise AdapterError(f"adapter config {path}: {error}") from None
     return meta
+
+
+def _layer_indices_of(target_modules: Any, path: Path) -> list[int]:
+    """The decoder-layer indices of a peft folder's ``target_modules`` (``model.layers.3.self_attn`` -> 3: the
+    last ``.<number>.`` of each name), as the earlier format stored them in ``layer_indices``."""
+    if not isinstance(target_modules, list) or not all(isinstance(name, str) for name in target_modules):
+        raise AdapterError(f"adapter config {path}: 'target_modules' must be a list of module names")
+    indices = []
+    for name in target_modules:
+        found = re.findall(r"\.(\d+)\.", name)
+        if not found:
+            raise AdapterError(f"adapter config {path}: target module {name!r} names no decoder layer")
+        indices.append(int(found[-1]))
+    return sorted(set(indices))
 
 
 def identity_mismatches(saved: dict[str, Any], actual: dict[str, Any], label: str = "model") -> list[str]:

@@ -19,7 +19,6 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from hycam_pl.backbone import load_backbone
 from hycam_pl.cli import main
@@ -32,7 +31,7 @@ from hycam_pl.training.resume import changed_options, option_conflicts
 from tests.methods.helpers import build as build_method
 from tests.tiny import tiny_byte_llama
 from tests.training.conftest import tiny_quickstart
-from tests.training.test_resume import Interrupt, InterruptAt
+from tests.training.test_resume import Interrupt, InterruptAt, trainer
 
 NAMES = sorted(METHODS)
 # Small options for the in-process runs (a method without an entry runs with its defaults).
@@ -80,21 +79,8 @@ RESUME_STEPS = 4
 
 
 def short_trainer(tmp_path, name, callbacks=()) -> L.Trainer:
-    """As ``tests.training.test_resume.trainer``, with 4 steps and a checkpoint every 2."""
-    checkpoints = ModelCheckpoint(
-        dirpath=tmp_path / name, every_n_train_steps=2, save_top_k=-1, save_last=True
-    )
-    return L.Trainer(
-        max_steps=RESUME_STEPS,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[checkpoints, *callbacks],
-        deterministic=True,
-        default_root_dir=tmp_path,
-    )
+    """``tests.training.test_resume.trainer`` with 4 steps and a checkpoint every 2."""
+    return trainer(tmp_path, name, callbacks, max_steps=RESUME_STEPS, every_n_train_steps=2)
 
 
 def trained(model) -> dict[str, torch.Tensor]:

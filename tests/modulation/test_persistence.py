@@ -149,3 +149,17 @@ def test_save_overwrites_atomically(tmp_path):
     fresh = load_adapter(tiny_model("llama"), directory)
     for name, tensor in adapter_state_dict(model).items():
         assert torch.equal(adapter_state_dict(fresh)[name], tensor)
+
+
+@pytest.mark.parametrize("layers", [None, [1]])
+def test_read_adapter_config_names_the_adapted_layers(tmp_path, layers):
+    """The routing notebook reads ``layer_indices``: a peft-format folder gives them from its target modules."""
+    model, directory = saved_adapter(tmp_path, layers=layers)
+    meta = read_adapter_config(directory)
+    assert meta["format"] == "peft"
+    assert meta["layer_indices"] == ([1] if layers else list(range(model.config.num_hidden_layers)))
+    broken = json.loads((directory / "adapter_config.json").read_text())
+    broken["target_modules"] = ["lm_head"]
+    (directory / "adapter_config.json").write_text(json.dumps(broken))
+    with pytest.raises(AdapterError, match="names no decoder layer"):
+        read_adapter_config(directory)

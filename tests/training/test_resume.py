@@ -39,12 +39,13 @@ def build(tmp_path):
     return model, data
 
 
-def trainer(tmp_path, name, callbacks=()):
+def trainer(tmp_path, name, callbacks=(), max_steps=MAX_STEPS, every_n_train_steps=3):
+    """A deterministic CPU trainer with no logger or validation, checkpointing every ``every_n_train_steps``."""
     checkpoints = ModelCheckpoint(
-        dirpath=tmp_path / name, every_n_train_steps=3, save_top_k=-1, save_last=True
+        dirpath=tmp_path / name, every_n_train_steps=every_n_train_steps, save_top_k=-1, save_last=True
     )
     return L.Trainer(
-        max_steps=MAX_STEPS,
+        max_steps=max_steps,
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
