@@ -46,7 +46,17 @@ def flatten_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, Sc
 def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> dict[str, Scalar]:
     """What identifies a run: every hyper-parameter the module saved (method, its options, learning rates, ...),
     the seed, the task list and batch size, and the trainer settings that change the optimisation."""
-    params = flatten_hparams(dict(getattr(pl_module, "hparams", {}) or {}))
+    saved = dict(getattr(pl_module, "hparams", {}) or {})
+    method = saved.pop("method", None)
+    params = flatten_hparams(saved)
+    if isinstance(method, Mapping) and "class_path" in method:
+        # one readable column for the method (its registry name) and one per option, whatever the method
+        name = getattr(getattr(pl_module, "method", None), "name", None)
+        params["method"] = str(name or str(method["class_path"]).rsplit(".", 1)[-1])
+        params["method/class_path"] = str(method["class_path"])
+        params.update(flatten_hparams(dict(method.get("init_args") or {}), "method/"))
+    elif method is not None:
+        params.update(flatten_hparams({"method": method}))
     seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything (LightningCLI's seed_everything option)
     if seed is not None:
         params["seed"] = int(seed)

@@ -123,12 +123,15 @@ def test_hparams_tab_holds_the_method_and_real_metrics(events, scalars, tiny_run
     params, metrics = hparams_session(events)
     config = yaml.safe_load(tiny_run.config.read_text())
     assert params["method"] == "hycam" and params["stage"] == "fit"
-    assert params["hycam/num_experts"] == tiny_run.num_experts
-    assert params["hycam/rank"] == config["model"]["hycam"]["rank"]
+    assert params["method/class_path"].endswith("HyCAMMethod")
+    assert params["method/num_experts"] == tiny_run.num_experts
+    assert params["method/rank"] == config["model"]["method"]["init_args"]["rank"]
     assert params["learning_rate"] == pytest.approx(config["model"]["learning_rate"])
     assert params["seed"] == config["seed_everything"]
     assert params["data/tasks"] == ",".join(TASKS)
-    assert "hycam/balance_coef" in params
+    assert (
+        params["method/bias"] == 1
+    )  # the options the method was built with, defaults included (bools as 0/1)
     assert "hp_metric" not in scalars  # no -1 placeholder
     assert "val/macro/loss" in metrics and "val/macro/loss" in scalars  # the tab reads the real series
     test_events = read_events(tiny_run.test_dir)

@@ -151,7 +151,7 @@ def test_the_hycam_method_object_saves_and_loads_peft_folders(tmp_path):
     from hycam_pl.methods.hycam import HyCAMMethod
 
     attached, _, _ = attached_and_peft(num_experts=2, rank=4)
-    method = HyCAMMethod(HyCAMConfig(num_experts=2, rank=4))
+    method = HyCAMMethod(num_experts=2, rank=4)
     method.save(attached, str(tmp_path / "adapter"))
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == "HYCAM"
     assert torch.equal(logits(method.load(tiny_model(), str(tmp_path / "adapter"))), logits(attached))

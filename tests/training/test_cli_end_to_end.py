@@ -45,7 +45,8 @@ def test_tensorboard_has_the_training_scalars(quickstart_run):
     first, last = values["train/loss"][0][1], values["train/loss"][-1][1]
     assert last < first  # it learns something in 12 steps
     hparams = yaml.safe_load((tmp / "runs" / "tiny" / "version_0" / "hparams.yaml").read_text())
-    assert hparams["method"] == "hycam" and hparams["hycam"]["num_experts"] == 4
+    assert hparams["method"]["class_path"].endswith("HyCAMMethod")
+    assert hparams["method"]["init_args"]["num_experts"] == 4
 
 
 def test_test_reports_per_task_metrics(quickstart_run):
