@@ -111,25 +111,20 @@ def read_record(trial: Trial, trial_dir: Path) -> TrialRecord:
             seconds={k: result[k] for k in TIMES if k in result},
             provenance={k: v for k, v in result.items() if k not in ("status", "metrics", *TIMES)},
         )
-    failure = read_json(trial_dir / FAILED)
-    if failure is not None:
-        return TrialRecord(
-            trial,
-            "failed",
-            seconds={k: failure[k] for k in TIMES if k in failure},
-            error=failure.get("error"),
-            stage=failure.get("stage"),
-            exit_code=failure.get("exit_code"),
-        )
-    interrupted = read_json(trial_dir / INTERRUPTED)
-    if interrupted is not None:
-        return TrialRecord(
-            trial,
-            "interrupted",
-            seconds={k: interrupted[k] for k in TIMES if k in interrupted},
-            stage=interrupted.get("stage"),
-            exit_code=interrupted.get("exit_code"),
-        )
+    for name, status in (
+        (FAILED, "failed"),
+        (INTERRUPTED, "interrupted"),
+    ):  # a failure outranks an interruption
+        ended = read_json(trial_dir / name)
+        if ended is not None:
+            return TrialRecord(
+                trial,
+                status,
+                seconds={k: ended[k] for k in TIMES if k in ended},
+                error=ended.get("error") if status == "failed" else None,
+                stage=ended.get("stage"),
+                exit_code=ended.get("exit_code"),
+            )
     return TrialRecord(trial, "pending")
 
 
