@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m pytest -q "$@"
+# Two workers, each taking whole test files (module-scoped fixtures are built once): the suite spends most of
+# its time in single-threaded subprocess start-ups and tiny models, so a 2-core machine runs it in about half
+# the time. HYCAM_TEST_WORKERS=0 runs it in this process (e.g. to debug); any number sets the workers.
+python -m pytest -q -n "${HYCAM_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -27,14 +27,7 @@ from torch import nn
 from hycam_pl.modulation.architectures import find_decoder, model_type_of, resolve_architecture
 from hycam_pl.modulation.config import HyCAMConfig
 from hycam_pl.modulation.layer import ContextualModulation
-from hycam_pl.modulation.model import (
-    STATE_ATTR,
-    ModulationState,
-    balance_loss,
-    hidden_size_of,
-    install_forward_record,
-    validate_for_model,
-)
+from hycam_pl.modulation.model import balance_loss, hidden_size_of, validate_for_model
 from hycam_pl.modulation.persistence import (
     AdapterError,
     attention_module_names,
@@ -42,6 +35,7 @@ from hycam_pl.modulation.persistence import (
     identity_mismatches,
     norm_module_names,
 )
+from hycam_pl.modulation.routing import STATE_ATTR, ModulationState, install_forward_record
 from hycam_pl.peft.config import HyCAMPeftConfig
 from hycam_pl.peft.layer import MERGE_REFUSAL, HyCAMLayer
 

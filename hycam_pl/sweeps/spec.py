@@ -19,12 +19,15 @@ A sweep file is YAML::
     compare_to: hycam                          # optional: a variant or grid value every other group is paired with
     select: model.learning_rate                # optional: choose this grid key's value per variant on validation
     select_from: runs/sweeps/lr/selection.json # optional: take a key's value per variant from such a selection
+    select_variant: hycam                      # optional, with select_from: every trial takes this variant's value
 
 ``compare_to`` adds paired statistics (:mod:`hycam_pl.metrics.compare`) to results.md. ``select`` makes the
 aggregation write ``selection.json``: per variant, the mean final validation loss (``val/macro/loss``, never a
 test number) of each value over the finished seeds and the value with the lowest; ``select_from`` reads such a
 file and sets its key in every trial of the variant of the same name (or every trial, for a sweep without
-variants), so a tuning sweep's choice is what the comparison sweep runs.
+variants), so a tuning sweep's choice is what the comparison sweep runs. ``select_variant`` gives every trial
+the value chosen for one variant instead: an ablation of one method (its expert count, say) then runs at that
+method's tuned rate, so the ablated option is the only thing that changes between its groups.
 
 Why the configs are merged here rather than passed as several ``-c`` files: every trial needs its own log and
 checkpoint directory, and the checkpoint directory sits inside a list (``trainer.callbacks``) that a later
@@ -67,6 +70,7 @@ SWEEP_KEYS = (
     "compare_to",
     "select",
     "select_from",
+    "select_variant",
 )
 # First components a dotted key may start with: the sections of a `hycam fit` config.
 CONFIG_SECTIONS = ("seed_everything", "trainer", "model", "data", "ckpt_path", "optimizer", "lr_scheduler")
@@ -371,11 +375,21 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
             f"{select!r} must be the sweep's only grid key (one selection per variant; grid: {', '.join(grid) or 'none'})",
         )
     select_from = raw.get("select_from")
+    select_variant = raw.get("select_variant")
+    if select_variant is not None and (select_from is None or not isinstance(select_variant, str)):
+        raise fail("select_variant", f"{select_variant!r} must be a variant name of the select_from file")
     selected_key, selected = None, {}
     if select_from is not None:
         if not isinstance(select_from, str) or not select_from:
             raise fail("select_from", f"{select_from!r} must be the path of a selection.json")
         selected_key, selected = read_selection(Path(select_from), fail)
+        if select_variant is not None:
+            if select_variant not in selected:
+                raise fail(
+                    "select_variant",
+                    f"{select_variant!r} has no selection in {select_from} (it has {', '.join(map(str, selected))})",
+                )
+            selected = {ALL_VARIANTS: selected[select_variant]}  # every trial, whatever its variant's name
         if selected_key in grid:
             raise fail(
                 "select_from", f"{selected_key} is also a grid key here; a value cannot come from both"
@@ -390,7 +404,7 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> SweepSpec:
             if selected[name] is None:
                 raise fail(
                     "select_from",
-                    f"{select_from}: the selection for variant {name!r} is incomplete (a trial has not finished, "
+                    f"{select_from}: the selection for variant {select_variant or name!r} is incomplete (a trial has not finished, "
                     "or has no validation loss); rerun that sweep first",
                 )
 

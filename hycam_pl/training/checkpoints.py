@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from hycam_pl.methods import upgrade_hparams
 from hycam_pl.methods.base import method_classes
 
 TRUST_ENV = "HYCAM_TRUST_CHECKPOINT_CODE"  # "1": DeepSpeed folders that fail validation are read anyway
@@ -176,6 +177,41 @@ def read_checkpoint(path: str | os.PathLike, option: str = "checkpoint") -> dict
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise ValueError(f"{option}: {path} is not a Lightning checkpoint (no 'state_dict')")
     return dict(checkpoint)
+
+
+def module_options(checkpoint: Mapping[str, Any], option: str = "checkpoint") -> dict[str, Any]:
+    """The constructor options of the module a checkpoint was saved from: its ``hyper_parameters`` with earlier
+    releases' method options translated (``methods.upgrade_hparams``) and LightningCLI's private keys
+    (``_instantiator``, ``_class_path``) left out."""
+    hparams = checkpoint.get("hyper_parameters")
+    if not hparams:
+        raise ValueError(f"{option}: the checkpoint has no hyper_parameters; was it saved by hycam fit?")
+    return {k: v for k, v in upgrade_hparams(hparams, option).items() if not k.startswith("_")}
+
+
+def load_module(
+    cls: type,
+    checkpoint_path: str | os.PathLike,
+    map_location: Any = None,
+    hparams_file: Any = None,
+    strict: bool | None = None,
+    **overrides: Any,
+) -> Any:
+    """``MultiTaskLM.load_from_checkpoint``: Lightning's loader would unpickle the file its own way and drop the
+    options of earlier releases without a word (its signature filter), building another structure. Here the
+    file (or folder) is read by :func:`read_checkpoint`, the options are translated (:func:`module_options`),
+    then the module is built, checked (``on_load_checkpoint``) and given the saved trainable weights."""
+    if hparams_file is not None:
+        raise ValueError(
+            "load_from_checkpoint: hparams_file is not supported; the checkpoint's own hyper-parameters are "
+            "used (pass a changed option as a keyword argument instead)"
+        )
+    option = f"load_from_checkpoint {checkpoint_path}"
+    checkpoint = read_checkpoint(checkpoint_path, option)
+    module = cls(**{**module_options(checkpoint, option), **overrides})
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint.get("state_dict", {}), strict=bool(strict))
+    return module.to(map_location) if isinstance(map_location, (str, torch.device)) else module
 
 
 def _read_file(path: Path, option: str) -> Any:

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 
 from hycam_pl.io import place_staged_folder
-from hycam_pl.methods import upgrade_hparams
 from hycam_pl.methods.base import adapter_kind
 from hycam_pl.training.adapters import write_adapter
-from hycam_pl.training.checkpoints import read_checkpoint
+from hycam_pl.training.checkpoints import module_options, read_checkpoint
 from hycam_pl.training.module import MultiTaskLM
 from hycam_pl.training.resume import check_writable
 from hycam_pl.training.sharding import deferred_build
@@ -30,12 +29,8 @@ USAGE = "hycam export CKPT OUT_DIR: write the adapter folder of a training check
 
 def module_from_checkpoint(checkpoint: dict[str, Any]):
     """A ``MultiTaskLM`` with the checkpoint's hyper-parameters; its backbone is not built (lazy)."""
-    hparams = checkpoint.get("hyper_parameters")
-    if not hparams:
-        raise ValueError("the checkpoint has no hyper_parameters; was it saved by hycam fit?")
-    hparams = upgrade_hparams(hparams)
     with deferred_build():
-        return MultiTaskLM(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+        return MultiTaskLM(**module_options(checkpoint, "hycam export CKPT"))
 
 
 def export(checkpoint_path: str | os.PathLike, directory: str | os.PathLike) -> Path:

@@ -13,6 +13,7 @@ import torch
 from hycam_pl.methods import DEFAULT_METHOD, AdaptationMethod, resolve_method
 from hycam_pl.metrics import TaskMetrics, TeacherForcedLoss
 from hycam_pl.training.building import build_model
+from hycam_pl.training.checkpoints import load_module
 from hycam_pl.training.evaluation import (
     GenerationSettings,
     prediction_records,
@@ -118,8 +119,6 @@ class MultiTaskLM(L.LightningModule):
                 "max_scaler_skips": max_scaler_skips,
             }
         )
-        # The backbone is built at the end of the constructor, or, inside ``sharding.deferred_build()`` (sharded
-        # CLI runs), in ``configure_model``, per rank, without every rank holding a full copy first.
         self.val_metrics: TaskMetrics | None = None
         self.test_metrics: TaskMetrics | None = None
         self.val_overall = TeacherForcedLoss()
@@ -130,9 +129,8 @@ class MultiTaskLM(L.LightningModule):
         self.random_stream = TrainingRandomStream()
         self._validations_done = 0
         self._predictions: list[dict[str, Any]] = []
-        # Rank 0's full build under ZeRO-3, from setup to configure_model (a list: not a registered submodule).
-        self._zero3_source: list[torch.nn.Module] = []
-        if not build_deferred():  # inside sharding.deferred_build() (sharded CLI runs): in configure_model
+        # Inside ``sharding.deferred_build()`` (sharded CLI runs) built in ``configure_model``, per rank.
+        if not build_deferred():
             self.model  # noqa: B018
 
     # ------------------------------------------------------------------------------------------- setup
@@ -229,11 +227,9 @@ class MultiTaskLM(L.LightningModule):
         # The training random stream continues where the last training batch left it (TrainingRandomStream).
         self.random_stream.batch_start()
 
-    def optimizer_step(
-        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
-    ) -> None:
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, closure: Any = None) -> None:
         """Skip (and count) a step whose loss or gradients are not finite (:class:`NonFiniteGuard`)."""
-        self.guard.optimizer_step(self._trainer, optimizer, optimizer_closure, self.global_step)
+        self.guard.optimizer_step(self._trainer, optimizer, closure, self.global_step)
 
     @property
     def nonfinite_steps(self) -> int:
@@ -269,7 +265,6 @@ class MultiTaskLM(L.LightningModule):
         score_generations(self, "test", self.test_metrics)
         examples = self.test_metrics.examples.gathered()  # every rank takes part
         results = self._log_results("test", self.test_metrics, self.test_overall)
-        results, self.extra_test_results = {**results, **self.extra_test_results}, {}
         results, self.extra_test_results = {**results, **self.extra_test_results}, {}
         run_dir = self.run_dir()
         if self.trainer.is_global_zero and run_dir is not None:
@@ -317,6 +312,11 @@ class MultiTaskLM(L.LightningModule):
     def trainable_keys(self) -> set[str]:
         return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Through the one checkpoint reader, earlier releases' options translated (``checkpoints.load_module``)."""
+        return load_module(cls, checkpoint_path, *args, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
@@ -328,9 +328,8 @@ class MultiTaskLM(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_fits(self.trainable_keys(), set(self.state_dict()), logical_shapes(self), checkpoint)
-        rank, world = (
-            (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
-        )
+        trainer = self._trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         self.random_stream.restore(checkpoint.get("hycam_rng_state"), rank, world)
         counters = checkpoint.get("hycam_counters", {})
         self.guard.total = counters.get("nonfinite_steps", 0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -238,6 +239,11 @@ def adamw(
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+# Rank 0's full build under ZeRO-3, held from ``setup`` to ``configure_model``. Sharding's own bookkeeping, so it
+# lives here rather than on the module; weak keys: a module dropped between the two calls takes it along.
+_ZERO3_SOURCES: weakref.WeakKeyDictionary[Any, nn.Module] = weakref.WeakKeyDictionary()
+
+
 def prepare_model(module: Any) -> None:
     """``MultiTaskLM.setup``: the part of the build that must happen before ``configure_model`` (whose context
     partitions modules under ZeRO-3 as they are created): DeepSpeed ZeRO-1/2 build the full model here; under
@@ -247,8 +253,8 @@ def prepare_model(module: Any) -> None:
         return
     if not is_zero3(strategy):
         module.model  # noqa: B018 - builds it
-    elif module.trainer.global_rank == 0 and not module._zero3_source:
-        module._zero3_source.append(module.build_model())
+    elif module.trainer.global_rank == 0 and module not in _ZERO3_SOURCES:
+        _ZERO3_SOURCES[module] = module.build_model()
 
 
 def is_sharded(strategy: Any) -> bool:
@@ -305,7 +311,7 @@ def configure_model(module: Any) -> None:
     (Lightning calls it again for ``test`` after ``fit``)."""
     strategy = module.trainer.strategy if module._trainer is not None else None
     if is_zero3(strategy) and not module.model_built:
-        source = module._zero3_source.pop() if module._zero3_source else None
+        source = _ZERO3_SOURCES.pop(module, None)
         module.model = build_zero3_partitioned(module, strategy.config, source)
         return
     if not is_fsdp2(strategy):

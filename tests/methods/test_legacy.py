@@ -108,6 +108,13 @@ def test_a_checkpoint_with_retired_options_exports_and_resumes(tmp_path) -> None
         torch.testing.assert_close(
             fresh.eval()(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits
         )
+    # The Python API too: Lightning's own loader would drop the retired options and build K = 4, rank 8.
+    loaded = MultiTaskLM.load_from_checkpoint(path)
+    assert loaded.method.spec() == module.method.spec()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.model.eval()(input_ids=ids).logits, module.model(input_ids=ids).logits
+        )
 
 
 def tiny_byte_llama_model():

@@ -155,6 +155,26 @@ def test_selection_on_validation_loss_and_a_later_sweep_using_it(tmp_path: Path)
     )
     rates_used = {t.variant: t.config["model"]["learning_rate"] for t in load_sweep(later).trials()}
     assert rates_used == best
+    # An ablation of one method runs every point at that method's rate (the variant names need not match).
+    ablation = write_sweep(
+        tmp_path,
+        "experts",
+        grid={"model.method.num_experts": [0, 2, 4]},
+        select_from=str(spec.output / "selection.json"),
+        select_variant="lora",
+    )
+    assert {t.config["model"]["learning_rate"] for t in load_sweep(ablation).trials()} == {best["lora"]}
+    unknown = write_sweep(
+        tmp_path,
+        "unknown",
+        grid={"model.method.num_experts": [0]},
+        select_from=str(spec.output / "selection.json"),
+        select_variant="dora",
+    )
+    with pytest.raises(SweepError, match="select_variant: 'dora' has no selection in"):
+        load_sweep(unknown)
+    with pytest.raises(SweepError, match="select_variant: .* must be a variant name"):
+        load_sweep(write_sweep(tmp_path, "alone", grid={"model.method.num_experts": [0]}, select_variant="x"))
     extra = write_sweep(
         tmp_path, "extra", variants={"dora": {}}, select_from=str(spec.output / "selection.json")
     )

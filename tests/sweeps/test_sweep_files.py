@@ -29,6 +29,7 @@ def test_shipped_sweeps_are_the_expected_ones() -> None:
         "configs/sweeps/methods.yaml",
         "experiments/decisive_comparison/select_lr.yaml",
         "experiments/decisive_comparison/sweep.yaml",
+        "experiments/decisive_expert_count/sweep.yaml",
         "experiments/expert_count/sweep.yaml",
         "experiments/method_comparison/sweep.yaml",
     ]
@@ -49,7 +50,8 @@ def test_shipped_sweep_loads_and_every_trial_config_validates(
     if "select_from" in raw:  # a complete selection, as the tuning sweep writes it, for every variant
         selection = tmp_path / raw["select_from"]
         selection.parent.mkdir(parents=True, exist_ok=True)
-        variants = {name: {"chosen": 1.0e-3, "complete": True} for name in raw["variants"]}
+        names = [raw["select_variant"]] if "select_variant" in raw else raw["variants"]
+        variants = {name: {"chosen": 1.0e-3, "complete": True} for name in names}
         selection.write_text(json.dumps({"key": "model.learning_rate", "variants": variants}))
     monkeypatch.chdir(tmp_path)
     spec = load_sweep(path)
