@@ -36,10 +36,23 @@ from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpee
 from lightning.pytorch.strategies import FSDPStrategy as _LightningFSDPStrategy
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.distributed.checkpoint import load as distributed_load
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from hycam_pl.backbone import DTYPES, backbone_config
 from hycam_pl.training.adapters import write_adapter
-from hycam_pl.training.checkpoints import read_checkpoint
+from hycam_pl.training.checkpoints import (
+    LIGHTNING_META,
+    is_distributed_checkpoint,
+    load_weights_only,
+    read_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +130,25 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self._save_distributed_checkpoint:
             return super().lightning_module_state_dict()
         return trainable_state_dict(self.lightning_module, keep=self.global_rank == 0)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """A distributed-checkpoint folder holds the trainable weights only (``on_save_checkpoint`` keeps no
+        others), but Lightning asks it for every weight of the model and fails on the first frozen one
+        ("Missing key ... embed_tokens.weight"). Here only the weights and optimizer states the folder holds are
+        requested; Lightning's ``meta.pt`` is read weights-only. A checkpoint file is Lightning's to load."""
+        path = Path(self.broadcast(checkpoint_path))
+        if not is_distributed_checkpoint(path):
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        keys = self.lightning_module.trainable_keys()
+        weights = {k: v for k, v in get_model_state_dict(self.model).items() if k in keys}
+        distributed_load({"state_dict": weights}, checkpoint_id=path)
+        set_model_state_dict(self.model, weights, options=StateDictOptions(strict=False))
+        for index, optimizer in enumerate(self.optimizers):
+            state = {f"optimizer_{index}": get_optimizer_state_dict(self.model, optimizer)}
+            distributed_load(state, checkpoint_id=path)
+            options = StateDictOptions(cpu_offload=True)
+            set_optimizer_state_dict(self.model, optimizer, state[f"optimizer_{index}"], options=options)
+        return load_weights_only(path / LIGHTNING_META, f"--ckpt_path {path}")
 
 
 class FSDPStrategy(_LightningFSDPStrategy):
@@ -345,7 +377,6 @@ def build_fully_sharded(module: Any, mesh: Any, device: torch.device | None = No
     """Rank 0 builds the full model (exactly the unsharded build); every rank shards a meta-device copy,
     allocates its local shards and receives the weights from rank 0."""
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     rank = dist.get_rank()
     device = device or torch.device("cpu")

@@ -17,6 +17,7 @@ import torch
 import yaml
 from lightning.pytorch.cli import instantiate_class
 
+from hycam_pl.training.checkpoints import read_checkpoint
 from hycam_pl.training.export import export, module_from_checkpoint
 from hycam_pl.training.sharding import check_strategy, trainable_units
 
@@ -123,6 +124,29 @@ def test_fsdp2_overlay_through_the_cli_then_hycam_export(tmp_path):
     at_fit_end = load_file(fit_adapter)
     assert exported.keys() == at_fit_end.keys()
     assert all(torch.equal(exported[k], at_fit_end[k]) for k in exported)
+
+
+def test_fsdp2_distributed_checkpoint_folders_test_and_resume(tmp_path):
+    """``save_distributed_checkpoint: true``: the folders hold the trainable shards only, and both ``hycam test
+    --ckpt_path last`` (the same test loss as the adapter written at the end of fit) and a resumed fit read
+    them; Lightning alone asks a folder for every frozen weight too and fails."""
+    config = tiny_quickstart(tmp_path, max_steps=2, val_every=2, num_examples=16)
+    sharded = ("-c", str(TRAINER_CONFIGS / "fsdp2.yaml"), "--trainer.devices", "2")
+    sharded += ("--trainer.strategy.init_args.save_distributed_checkpoint", "true")
+    run_cli("fit", "-c", str(config), *sharded, cwd=tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / ".metadata").is_file()
+    run_cli("test", "-c", str(config), *sharded, "--ckpt_path", "last", cwd=tmp_path)
+    runs = tmp_path / "runs" / "tiny"
+    from_folder = json.loads((runs / "version_1" / "results.json").read_text())
+    run_cli("test", "-c", str(config), "--model.adapter", str(runs / "version_0" / "adapter"), cwd=tmp_path)
+    from_adapter = json.loads((runs / "version_2" / "results.json").read_text())
+    assert from_folder["macro"]["loss"] == pytest.approx(from_adapter["macro"]["loss"], rel=1e-5)
+    run_cli(
+        "fit", "-c", str(config), *sharded, "--trainer.max_steps", "4", "--ckpt_path", "last", cwd=tmp_path
+    )
+    resumed = read_checkpoint(last, "test")  # the folder again, now at step 4
+    assert resumed["global_step"] == 4 and resumed["state_dict"]
 
 
 def test_hycam_export_reports_a_missing_checkpoint_in_one_line(tmp_path):
