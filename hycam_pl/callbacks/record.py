@@ -103,7 +103,13 @@ def method_record(pl_module: L.LightningModule) -> dict[str, Any]:
                 effective.update({f"{key}.{k}": v for k, v in value.items()})
     peft_config = getattr(model, "peft_config", None)
     if isinstance(peft_config, dict):  # a peft adapter: the options it was really built with
-        options["peft"] = {name: _plain(_peft_dict(config)) for name, config in peft_config.items()}
+        # Not its base_model_name_or_path: that is where this machine keeps the backbone (e.g. the dequantised
+        # GGUF cache under the home directory), and committed records name no path of the machine they ran on;
+        # the backbone as configured is in the module's options.
+        options["peft"] = {
+            name: _plain({k: v for k, v in _peft_dict(config).items() if k != "base_model_name_or_path"})
+            for name, config in peft_config.items()
+        }
         for config in peft_config.values():
             effective.update({f"peft.{k}": v for k, v in _peft_applied(config).items()})
     record["options"] = options

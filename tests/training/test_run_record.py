@@ -81,3 +81,5 @@ def test_parameter_matched_lora_records_the_rank_and_alpha_peft_applied(tmp_path
     assert options["peft.r"] >= 1 and options["peft.lora_alpha"] == 2 * options["peft.r"]
     assert "peft.target_modules" in options and options["method.match_hycam"] == {"num_experts": 2, "rank": 4}
     assert record["validation"]["val/macro/loss"] is None  # no validation ran
+    # the machine's path of the backbone stays out of the record (committed experiments must not name it)
+    assert "base_model_name_or_path" not in record["options"]["peft"]["default"]
