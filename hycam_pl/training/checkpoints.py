@@ -195,23 +195,34 @@ def load_module(
     map_location: Any = None,
     hparams_file: Any = None,
     strict: bool | None = None,
+    weights_only: bool | None = None,
     **overrides: Any,
 ) -> Any:
     """``MultiTaskLM.load_from_checkpoint``: Lightning's loader would unpickle the file its own way and drop the
     options of earlier releases without a word (its signature filter), building another structure. Here the
     file (or folder) is read by :func:`read_checkpoint`, the options are translated (:func:`module_options`),
-    then the module is built, checked (``on_load_checkpoint``) and given the saved trainable weights."""
-    if hparams_file is not None:
-        raise ValueError(
-            "load_from_checkpoint: hparams_file is not supported; the checkpoint's own hyper-parameters are "
-            "used (pass a changed option as a keyword argument instead)"
-        )
+    then the module is built, checked (``on_load_checkpoint``) and given the saved trainable weights. Lightning's
+    arguments this cannot honour are refused, one line each, rather than ignored."""
+    refused = {
+        "hparams_file": hparams_file is not None
+        and "the checkpoint's own hyper-parameters are used (pass a changed option as a keyword argument)",
+        "weights_only": weights_only is False
+        and "every checkpoint is read weights-only (unpickling one fully can run code from the file)",
+        "map_location": map_location is not None
+        and not isinstance(map_location, (str, int, torch.device))
+        and "give a device (str, int or torch.device); a mapping or a function is not supported",
+        "checkpoint_path": not isinstance(checkpoint_path, (str, os.PathLike))
+        and "give the path of a checkpoint file or folder (a file object is not supported)",
+    }
+    for name, reason in refused.items():
+        if reason:
+            raise ValueError(f"load_from_checkpoint: {name} is not supported here: {reason}")
     option = f"load_from_checkpoint {checkpoint_path}"
     checkpoint = read_checkpoint(checkpoint_path, option)
     module = cls(**{**module_options(checkpoint, option), **overrides})
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint.get("state_dict", {}), strict=bool(strict))
-    return module.to(map_location) if isinstance(map_location, (str, torch.device)) else module
+    return module if map_location is None else module.to(map_location)
 
 
 def _read_file(path: Path, option: str) -> Any:

@@ -129,7 +129,7 @@ class MultiTaskLM(L.LightningModule):
         self.random_stream = TrainingRandomStream()
         self._validations_done = 0
         self._predictions: list[dict[str, Any]] = []
-        # Inside ``sharding.deferred_build()`` (sharded CLI runs) built in ``configure_model``, per rank.
+        # Inside ``sharding.deferred_build()`` (sharded CLI runs) the model is built per rank in configure_model.
         if not build_deferred():
             self.model  # noqa: B018
 

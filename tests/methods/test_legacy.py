@@ -109,12 +109,31 @@ def test_a_checkpoint_with_retired_options_exports_and_resumes(tmp_path) -> None
             fresh.eval()(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits
         )
     # The Python API too: Lightning's own loader would drop the retired options and build K = 4, rank 8.
-    loaded = MultiTaskLM.load_from_checkpoint(path)
+    loaded = MultiTaskLM.load_from_checkpoint(path, map_location="cpu")
     assert loaded.method.spec() == module.method.spec()
     with torch.no_grad():
         torch.testing.assert_close(
             loaded.model.eval()(input_ids=ids).logits, module.model(input_ids=ids).logits
         )
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        (
+            {"weights_only": False},
+            "weights_only is not supported here: every checkpoint is read weights-only",
+        ),
+        ({"map_location": {"cuda:0": "cpu"}}, "map_location is not supported here: give a device"),
+        ({"hparams_file": "hparams.yaml"}, "hparams_file is not supported here"),
+    ],
+)
+def test_load_from_checkpoint_refuses_what_it_cannot_honour(tmp_path, argument, message) -> None:
+    """Refused in one line before the file is read, never silently ignored."""
+    with pytest.raises(ValueError, match=f"^load_from_checkpoint: {message}"):
+        MultiTaskLM.load_from_checkpoint(tmp_path / "absent.ckpt", **argument)
+    with open(__file__, "rb") as handle, pytest.raises(ValueError, match="checkpoint_path is not supported"):
+        MultiTaskLM.load_from_checkpoint(handle)  # a file object: refused
 
 
 def tiny_byte_llama_model():
