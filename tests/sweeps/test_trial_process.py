@@ -1,0 +1,50 @@
+"""A trial's CLI process keeps the niceness Ray gave its worker: it runs in a session of its own (so a Ctrl-C on the
+sweep does not reach it), and on kernels with autogroup scheduling that session's autogroup takes the worker's
+niceness. Before, each trial's autogroup ran at nice 0 and a test suite beside two trials ran at half speed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hycam_pl.sweeps import trial as trial_module
+from hycam_pl.sweeps.runner import payload, plan, prepare
+from tests.sweeps.test_sweep_plan import _spec
+
+PROBE = (
+    "import os; print(open('/proc/self/autogroup').read().split()[-1], os.getpriority(os.PRIO_PROCESS, 0), "
+    "os.getsid(0) == os.getpid())"
+)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/autogroup").exists(), reason="no autogroup scheduling in this kernel"
+)
+def test_the_trial_process_gets_its_own_session_at_the_worker_niceness(tmp_path: Path, monkeypatch) -> None:
+    spec = _spec(tmp_path, tmp_path / "out")
+    item = plan(spec, spec.output)[0]
+    prepare(spec, item)
+    real_run = subprocess.run
+    seen: list[str] = []
+
+    def run_the_probe(argv, **kwargs):
+        # the trial's own process options, with a probe instead of the CLI, in a child niced as a Ray worker is
+        prepare_trial_process = kwargs["preexec_fn"]
+
+        def as_a_ray_worker() -> None:
+            os.nice(15 - os.getpriority(os.PRIO_PROCESS, 0))
+            prepare_trial_process()
+
+        done = real_run([sys.executable, "-c", PROBE], **{**kwargs, "preexec_fn": as_a_ray_worker})
+        seen.append(f"{argv[3]} exit {done.returncode}")
+        return subprocess.CompletedProcess(argv, 2)  # a failed fit: the trial stops after this stage
+
+    monkeypatch.setattr(trial_module.subprocess, "run", run_the_probe)
+    trial_module.execute(payload(spec, item, tmp_path))
+    assert seen == ["fit exit 0"], (item.directory / "fit.stderr.log").read_text()
+    autogroup_nice, process_nice, own_session = (item.directory / "fit.stdout.log").read_text().split()
+    assert (autogroup_nice, process_nice, own_session) == ("15", "15", "True")
