@@ -297,6 +297,56 @@ def significant(row: Row) -> bool:
     return math.isfinite(row.p_holm) and row.p_holm < ALPHA
 
 
+LOWER_IS_BETTER = frozenset({LOSS, "ppl"})
+
+
+def verdict(row: Row, comparisons: int | None = None) -> str:
+    """One sentence that states what this row shows and no more, from the reference's side.
+
+    A difference is claimed only when its Holm-adjusted p is below 0.05, with its interval; otherwise the
+    sentence says that no difference is detectable at this size and gives the smallest detectable one, so a
+    README that quotes it cannot turn "not detected" into "no difference". Where the interval and the test
+    disagree (one excludes 0, the other does not reject), the sentence says so. ``comparisons``: how many rows
+    the Holm correction ran over (named in the sentence when given).
+    """
+    what = f"{row.task} {row.metric}"  # "macro loss", "qa task_score"
+    interval = f"[{_signed(row.ci_low)}, {_signed(row.ci_high)}]"
+    measured = f"{row.other} - {row.reference} = {_signed(row.difference)} {interval}"
+    if not (math.isfinite(row.p_holm) and math.isfinite(row.difference)):
+        return f"{row.reference} vs {row.other}, {what}: no test possible ({measured}, p = {_p(row.p)})."
+    excludes_zero = row.ci_low > 0 or row.ci_high < 0
+    corrected = f"p (Holm{f', {comparisons} comparisons' if comparisons else ''}) = {_p(row.p_holm)}"
+    if significant(row):
+        lower = row.difference > 0  # the reference's value is below the other's
+        better = lower == (row.metric in LOWER_IS_BETTER)
+        side = f"{'lower' if lower else 'higher'} ({'better' if better else 'worse'})"
+        sentence = (
+            f"{row.reference}'s {what} is {side} than {row.other}'s by {format_value(abs(row.difference))}"
+        )
+        if excludes_zero:
+            low, high = sorted((abs(row.ci_low), abs(row.ci_high)))
+            sentence += f" [{format_value(low)}, {format_value(high)}]"
+        sentence += f", {corrected} ({row.test}, {row.examples} examples)"
+        if not excludes_zero:
+            sentence += (
+                f"; but the 95 % interval of {measured} includes 0: the test and the interval disagree"
+            )
+        return sentence + "."
+    sentence = (
+        f"No difference in {what} between {row.reference} and {row.other} is detectable at this size: "
+        f"{measured}, {corrected} ({row.test}, {row.examples} examples); the smallest detectable difference is "
+        f"{format_value(row.detectable)}"
+    )
+    if excludes_zero:
+        sentence += "; the unadjusted 95 % interval excludes 0, but the corrected test does not reject"
+    return sentence + "."
+
+
+def format_verdicts(rows: Sequence[Row], task: str = MACRO) -> str:
+    """The verdict of every row of one task (macro by default), one Markdown bullet each."""
+    return "\n".join(f"- {verdict(row, len(rows))}" for row in rows if row.task == task)
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """A Markdown table, one line per pair, task and metric; ``*`` marks Holm-adjusted p < 0.05."""
     lines = [
@@ -344,7 +394,8 @@ def format_markdown(
     for name, members in groups.items():
         paths = ", ".join(f"`{getattr(m, 'path', m)}`" for m in members)
         lines.append(f"- **{name}** ({len(members)} run{'s' if len(members) != 1 else ''}): {paths}")
-    lines += ["", METHOD_NOTE, "", format_table(rows)]
+    lines += ["", METHOD_NOTE, "", "## Verdicts (macro)", "", format_verdicts(rows), "", "## All rows", ""]
+    lines += [format_table(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -365,6 +416,7 @@ def comparison_payload(
             "reference_mean": _json(row.reference_mean),
             "other_mean": _json(row.other_mean),
             "detectable": _json(row.detectable),
+            "verdict": verdict(row, len(rows)),
         }
     return {
         "reference": rows[0].reference if rows else None,

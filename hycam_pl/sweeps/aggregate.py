@@ -33,6 +33,7 @@ from hycam_pl.metrics.compare import (
     compare_groups,
     comparison_payload,
     format_table,
+    format_verdicts,
     metric_names,
     read_run,
     write_forest,
@@ -483,7 +484,7 @@ def comparison_section(
         except ComparisonError as error:
             notes.append(f"- not compared: {error}")
     if rows:
-        lines += [METHOD_NOTE, "", format_table(rows)]
+        lines += [METHOD_NOTE, "", "Verdicts (macro):", "", format_verdicts(rows), "", format_table(rows)]
         payload = comparison_payload(rows, groups, resamples)
         write_text_atomically(
             directory / COMPARISON_JSON, json.dumps(payload, indent=2, allow_nan=False) + "\n"

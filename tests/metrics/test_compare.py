@@ -3,6 +3,7 @@ known effect, on identical runs, with seeds, and the CLI in a subprocess (its ou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,9 +15,11 @@ import pytest
 
 from hycam_pl.metrics.compare import (
     ComparisonError,
+    Row,
     compare_groups,
     load_groups,
     main,
+    verdict,
 )
 from hycam_pl.metrics.paired import GroupValues, holm, paired_difference, paired_test
 
@@ -241,7 +244,11 @@ def test_cli_writes_table_json_and_forest_plot(tmp_path: Path) -> None:
     macro = payload["pairs"]["tuned vs base"]["macro"]["task_score"]
     assert macro["difference"] == pytest.approx(0.2) and macro["p_holm"] < 0.05
     assert set(macro) >= {"difference", "ci_low", "ci_high", "p", "p_holm"}
-    assert "tuned vs base" in (out / "comparison.md").read_text()
+    assert macro["verdict"].startswith("base's macro task_score is lower (worse) than tuned's by 0.2000 [")
+    markdown = (out / "comparison.md").read_text()
+    assert "tuned vs base" in markdown
+    verdicts = markdown.split("## Verdicts (macro)")[1].split("## All rows")[0]
+    assert f"- {macro['verdict']}" in verdicts and "base's macro loss is higher (worse)" in verdicts
     assert (out / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -256,3 +263,53 @@ def test_cli_refuses_a_malformed_line_naming_file_and_line(
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {other / 'examples.jsonl'}:2: 'id' must be a string or an integer"
     ]
+
+
+ROW = Row(
+    other="lora",
+    reference="hycam",
+    task="macro",
+    metric="loss",
+    examples=500,
+    reference_mean=0.30,
+    other_mean=0.331,
+    difference=0.031,
+    ci_low=0.02,
+    ci_high=0.043,
+    detectable=0.012,
+    test="wilcoxon",
+    p=1e-6,
+    p_holm=1.2e-5,
+)
+
+
+def test_verdicts_claim_a_difference_only_when_the_corrected_test_rejects() -> None:
+    """The sentences READMEs quote: direction from the reference's side, better/worse by the metric's sense,
+    the interval as the reference's margin; otherwise "not detectable at this size" with the smallest
+    detectable difference, never "no difference"."""
+    assert verdict(ROW, 12) == (
+        "hycam's macro loss is lower (better) than lora's by 0.0310 [0.0200, 0.0430], "
+        "p (Holm, 12 comparisons) = 1.20e-05 (wilcoxon, 500 examples)."
+    )
+    score = dataclasses.replace(ROW, metric="task_score", difference=-0.05, ci_low=-0.08, ci_high=-0.02)
+    assert verdict(score).startswith(
+        "hycam's macro task_score is higher (better) than lora's by 0.0500 [0.0200, "
+    )
+    worse = dataclasses.replace(ROW, task="qa", metric="task_score")
+    assert verdict(worse).startswith("hycam's qa task_score is lower (worse) than lora's by 0.0310")
+    unseen = dataclasses.replace(ROW, difference=0.012, ci_low=-0.02, ci_high=0.041, p=0.3, p_holm=0.62)
+    text = verdict(unseen, 12)
+    assert text.startswith("No difference in macro loss between hycam and lora is detectable at this size: ")
+    assert (
+        "lora - hycam = +0.0120 [-0.0200, +0.0410]" in text
+        and "smallest detectable difference is 0.0120" in text
+    )
+    assert "lower" not in text and "better" not in text
+    # interval and test disagree: said, in both directions
+    assert "excludes 0, but the corrected test does not reject" in verdict(
+        dataclasses.replace(ROW, ci_low=0.001, p_holm=0.2)
+    )
+    assert "includes 0: the test and the interval disagree" in verdict(
+        dataclasses.replace(ROW, ci_low=-0.001)
+    )
+    assert "no test possible" in verdict(dataclasses.replace(ROW, p=float("nan"), p_holm=float("nan")))

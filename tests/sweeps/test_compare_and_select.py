@@ -81,6 +81,9 @@ def test_compare_to_pairs_every_other_variant_with_it(tmp_path: Path) -> None:
     assert "## Paired comparisons with variant `hycam`" in markdown
     assert "| lora vs hycam | **macro** | loss | 60 |" in markdown
     assert "![paired differences](forest.png)" in markdown
+    verdicts = markdown.split("Verdicts (macro):")[1].split("| comparison |")[0]
+    assert "- hycam's macro loss is lower (better) than lora's by 0.3" in verdicts
+    assert "- No difference in macro loss between hycam and same is detectable at this size" in verdicts
     pairs = json.loads((spec.output / "comparison.json").read_text())["pairs"]
     assert set(pairs) == {"lora vs hycam", "same vs hycam"}
     lora = pairs["lora vs hycam"]["macro"]["loss"]
