@@ -534,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    print(f"\nVerdicts (macro):\n{format_verdicts(rows)}")
     if options.output:
         written = write_outputs(rows, groups, Path(options.output), options.resamples)
         print(f"wrote {', '.join(str(p) for p in written)}")

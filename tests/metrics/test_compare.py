@@ -239,6 +239,7 @@ def test_cli_writes_table_json_and_forest_plot(tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "| tuned vs base | **macro** | task_score | 120 |" in result.stdout
+    assert "Verdicts (macro):\n- base's macro loss is higher (worse) than tuned's by " in result.stdout
     payload = json.loads((out / "comparison.json").read_text())
     assert payload["reference"] == "base" and len(payload["groups"]["tuned"]) == 2
     macro = payload["pairs"]["tuned vs base"]["macro"]["task_score"]
